@@ -23,15 +23,15 @@ def round_to_float64(n: int, e: int) -> float:
     CPython's int -> float conversion and int/int true division are correctly
     rounded (subnormals included), so the value is rounded exactly once.
 
-    >>> round_to_float64(3, -1), round_to_float64(2**53 + 1, 0)
-    (1.5, 9007199254740992.0)
+    >>> round_to_float64(3, -1), round_to_float64(2**53 + 1, 0), round_to_float64(-1, 1024)
+    (1.5, 9007199254740992.0, -inf)
     """
     if n == 0:
         return 0.0
     try:
         return float(n << e) if e >= 0 else n / (1 << -e)
-    except OverflowError:
-        return math.copysign(math.inf, n)
+    except OverflowError:  # beyond the range; math.copysign(inf, n) would itself overflow converting n
+        return math.inf if n > 0 else -math.inf
 
 
 def exact_dot_int(a: np.ndarray, b: np.ndarray, extra: float = 0.0) -> tuple[int, int]:

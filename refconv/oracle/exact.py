@@ -51,6 +51,7 @@ class Split:
     r1_max: np.ndarray
     r1_sum: np.ndarray
     r2_max: np.ndarray
+    src: np.ndarray  # M itself (a reference), to re-check the scaling where it matters
 
 
 def split_rows(m: np.ndarray, beta: int) -> Split:
@@ -73,7 +74,16 @@ def split_rows(m: np.ndarray, beta: int) -> Split:
         r1_max=np.max(ar1, axis=1),
         r1_sum=np.sum(ar1, axis=1),
         r2_max=np.max(np.abs(r2), axis=1),
+        src=m,
     )
+
+
+def _scaling_exact(s: Split, rows: np.ndarray) -> np.ndarray:
+    """Per row: True where M·2^-exp lost no bits to underflow (checked only for ``rows``, a bool mask)."""
+    ok = np.zeros(rows.shape, dtype=bool)
+    m, e = s.src[rows], s.exp[rows, None]
+    ok[rows] = np.all(np.ldexp(np.ldexp(m, -e), e) == m, axis=1)
+    return ok
 
 
 def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,6 +148,8 @@ def certified_product(
         y = np.ldexp(hi, scale_exp)
         decided &= bias_ok & np.isfinite(y) & (np.abs(hi) >= _MIN_NORMAL) & (np.abs(y) >= _MIN_NORMAL)
     exact_zero = (acc == 0) & (corr == 0) & (errsum == 0) & (mag == 0) & bias_ok
+    if exact_zero.any():  # rare: only trust it where the row scaling lost nothing to underflow
+        exact_zero &= _scaling_exact(sa, exact_zero.any(axis=1))[:, None] & _scaling_exact(sb, exact_zero.any(axis=0))
     y[exact_zero] = 0.0
     return y, decided | exact_zero
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -138,8 +139,13 @@ def conv2d(
     bottom/right), "SAME_LOWER", "VALID", int, (ph, pw) or ((top, bottom), (left, right)).
 
     With the default ``method="exact"`` each element of the float64 result is the
-    exact sum of products plus bias, correctly rounded (nearest, ties to even);
-    NaN/inf follow exact-arithmetic semantics. See :data:`METHODS` for the others.
+    exact sum of products plus bias, correctly rounded (nearest, ties to even); an
+    exact zero is +0.0 and an exact value beyond the float64 range is ±inf.
+    NaN/inf follow exact-arithmetic semantics: NaN if any term is NaN, inf·0 or
+    +inf + -inf occurs, else ±inf if any term is infinite. Padding taps are
+    *absent* terms, not zeros: an inf next to the border does not meet a padded 0
+    (frameworks, which multiply by explicit zeros, give NaN there). See
+    :data:`METHODS` for the other methods.
 
     >>> import numpy as np
     >>> x = np.arange(16.0).reshape(1, 4, 4, 1)
@@ -217,8 +223,9 @@ def conv2d_points(
         pos = np.stack(np.unravel_index(np.sort(flat), shape), axis=1)
     else:
         pos = np.asarray(positions, dtype=np.int64).reshape(-1, 4)
-        if ((pos < 0) | (pos >= np.array(shape))).any():
-            raise ShapeError(f"positions out of range for output shape {shape}: {pos[((pos < 0) | (pos >= np.array(shape))).any(axis=1)][:5].tolist()}")
+        bad = ((pos < 0) | (pos >= np.array(shape))).any(axis=1)
+        if bad.any():
+            raise ShapeError(f"positions out of range for output shape {shape}: {pos[bad][:5].tolist()}")
     nhwc = pos if spec.data_format == "NHWC" else pos[:, [0, 2, 3, 1]]
     vals = output_points_nhwc(spec.x_to_nhwc(xf), spec.w_to_hwio(wf), bf, spec, nhwc, dps)
     arr = np.array(vals, dtype=np.float64) if dps is None else np.array(vals + [None], dtype=object)[:-1]

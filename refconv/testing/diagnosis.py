@@ -1,0 +1,294 @@
+"""Lightweight fault diagnosis for a conv output that missed its tolerance.
+
+Each hypothesis builds an alternative reference (another padding, a flipped or
+transposed kernel, no bias, inputs rounded to a lower precision, ...) with the
+cheap float64 im2col conv and asks whether the actual output fits *that*
+reference within the same error model. The first structural hypothesis that
+explains every element wins; precision hypotheses are all reported, since TF32
+and float16 rounding are often indistinguishable. Failing that, a handful of
+bad elements is reported as corruption, and widespread excess error as
+arithmetic that is less accurate than the claimed precision.
+
+The hypothesis families are registered in :data:`HYPOTHESES` (the single source
+of truth for what the diagnosis can name).
+
+>>> import numpy as np
+>>> from refconv.spec import ConvSpec
+>>> x, w = np.arange(25.0).reshape(1, 5, 5, 1), np.arange(9.0).reshape(3, 3, 1, 1)
+>>> s = ConvSpec.from_shapes(x.shape, w.shape, padding="SAME", stride=2)
+>>> wrong = ConvSpec.from_shapes(x.shape, w.shape, padding="SAME_LOWER", stride=2)
+>>> from refconv.oracle._im2col import float_conv_nhwc
+>>> f = diagnose(float_conv_nhwc(x, w[::-1, ::-1], s), x, w, None, s)
+>>> f[0].kind, "flipped" in f[0].statement
+('kernel_flip', True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ..spec import ConvSpec, resolve_padding
+from .formats import FORMATS, get_precision, round_to_format
+from .tolerance import tolerance_nhwc
+
+__all__ = ["Finding", "diagnose", "HYPOTHESES"]
+
+_MAX_PADDING_VARIANTS = 64
+
+
+@dataclasses.dataclass
+class Finding:
+    """One diagnosis: the fault class (``kind``), a sentence, and how well it fits.
+
+    ``fraction`` is the share of output elements the hypothesis explains within
+    tolerance (1.0 = every element).
+    """
+
+    kind: str
+    statement: str
+    fraction: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class _Alt:
+    kind: str
+    statement: str
+    x: np.ndarray
+    w: np.ndarray
+    b: np.ndarray | None
+    spec: ConvSpec
+    precision: str | None = None  # model for the alternative; None = the requested one
+    input_rounding: bool = True
+    accumulation: str | None = None
+    ref: np.ndarray | None = None  # precomputed reference (NHWC)
+
+
+def _float_ref(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    from ..oracle._im2col import float_conv_nhwc
+
+    y = float_conv_nhwc(x, w, spec)
+    return y if b is None else y + b
+
+
+def _fraction_fitting(actual: np.ndarray, alt: _Alt, ctx: dict[str, Any]) -> float:
+    if actual.shape != alt.spec.output_shape:
+        return 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        if ctx["precision"] == "float64" and alt.ref is None:
+            from ..oracle import conv2d
+
+            ref = conv2d(alt.x, alt.w, alt.b, padding=alt.spec.pads, stride=alt.spec.stride,
+                         dilation=alt.spec.dilation, groups=alt.spec.groups)
+        else:
+            ref = alt.ref if alt.ref is not None else _float_ref(alt.x, alt.w, alt.b, alt.spec)
+        t = tolerance_nhwc(
+            alt.x, alt.w, alt.b, alt.spec, precision=alt.precision or ctx["precision"],
+            accumulation=alt.accumulation if alt.accumulation is not None else ctx["accumulation"],
+            bound=ctx["bound"], exact_nhwc=ref, input_rounding=alt.input_rounding,
+        )
+        err = np.abs(actual - ref)
+        ok = (err <= t.tol_nhwc) | (np.isnan(actual) & np.isnan(ref)) | ((actual == ref) & np.isinf(ref))
+    return float(np.mean(ok))
+
+
+# ---- hypothesis generators: each yields alternatives for the same inputs -------------------------
+
+
+def _pads_name(pads: tuple, spec: ConvSpec) -> str:
+    hw, k = (spec.H, spec.W), (spec.KH, spec.KW)
+    for mode in ("SAME", "SAME_LOWER", "VALID"):
+        if resolve_padding(mode, hw, k, spec.stride, spec.dilation) == pads:
+            return f"padding={mode!r} (pads {pads})"
+    (t, b_), (left, r) = pads
+    if t == b_ and left == r:
+        return f"symmetric padding={(t, left) if t != left else t!r} (pads {pads})"
+    return f"explicit pads {pads}"
+
+
+def _axis_pad_options(size: int, k: int, s: int, d: int, out: int) -> list[tuple[int, int]]:
+    keff = (k - 1) * d + 1
+    lo = max((out - 1) * s + keff - size, 0)
+    opts = []
+    for total in range(lo, lo + s):
+        if (size + total - keff) // s + 1 != out:
+            continue
+        opts.extend((p0, total - p0) for p0 in range(total + 1) if max(p0, total - p0) <= keff)
+    return opts
+
+
+def _padding_alts(x, w, b, spec: ConvSpec, out_shape: tuple) -> Iterator[_Alt]:
+    hw, k = (spec.H, spec.W), (spec.KH, spec.KW)
+    want = f"padding={spec.padding!r} (pads {spec.pads})"
+    seen = {spec.pads}
+    named = [resolve_padding(m, hw, k, spec.stride, spec.dilation) for m in ("SAME", "SAME_LOWER", "VALID")]
+    sym = [((k[a] - 1) * spec.dilation[a]) // 2 for a in range(2)]
+    named.append(((sym[0], sym[0]), (sym[1], sym[1])))
+    oh, ow = out_shape[1], out_shape[2]
+    per_axis = [
+        _axis_pad_options(hw[a], k[a], spec.stride[a], spec.dilation[a], (oh, ow)[a]) for a in range(2)
+    ]
+    rest = sorted(
+        itertools.product(*per_axis),
+        key=lambda p: sum(abs(p[a][0] - spec.pads[a][0]) + abs(p[a][1] - spec.pads[a][1]) for a in range(2)),
+    )
+    count = 0
+    for pads in itertools.chain(named, rest):
+        pads = tuple(tuple(int(v) for v in p) for p in pads)
+        if pads in seen:
+            continue
+        seen.add(pads)
+        try:
+            alt_spec = spec.replace(padding=pads)
+        except Exception:
+            continue
+        if alt_spec.output_shape != out_shape:
+            continue
+        count += 1
+        if count > _MAX_PADDING_VARIANTS:
+            return
+        yield _Alt("padding", f"padding mismatch: output matches {_pads_name(pads, spec)} instead of {want}",
+                   x, w, b, alt_spec)
+    if any(v for p in spec.pads for v in p) and spec.output_shape == out_shape:
+        (t, b_), (left, r) = spec.pads
+        valid = spec.replace(padding="VALID", x_shape=(spec.N, spec.H + t + b_, spec.W + left + r, spec.C))
+        for mode, what in (("edge", "edge values (replicate padding)"), ("reflect", "reflected values")):
+            try:
+                xp = np.pad(x, ((0, 0), (t, b_), (left, r), (0, 0)), mode=mode)
+            except ValueError:
+                continue
+            yield _Alt("padding", f"padding mismatch: the border is padded with {what} instead of zeros ({want})",
+                       xp, w, b, valid)
+
+
+def _kernel_alts(x, w, b, spec: ConvSpec, out_shape: tuple) -> Iterator[_Alt]:
+    yield _Alt("kernel_flip", "kernel flipped (rotated 180 degrees in H and W): the kernel computes true "
+               "convolution instead of cross-correlation", x, w[::-1, ::-1], b, spec)
+    if spec.KH == spec.KW:
+        yield _Alt("kernel_layout", "kernel H/W axes swapped (kernel transposed: w[kh, kw] used as w[kw, kh]); "
+                   "check the kernel layout", x, w.transpose(1, 0, 2, 3), b, spec)
+        yield _Alt("kernel_layout", "kernel H/W axes swapped and flipped (kernel transposed and rotated); check "
+                   "the kernel layout", x, w.transpose(1, 0, 2, 3)[::-1, ::-1], b, spec)
+    if spec.KH > 1:
+        yield _Alt("kernel_flip", "kernel flipped along H only (rows reversed)", x, w[::-1], b, spec)
+    if spec.KW > 1:
+        yield _Alt("kernel_flip", "kernel flipped along W only (columns reversed)", x, w[:, ::-1], b, spec)
+    if spec.groups == 1 and w.shape[2] == w.shape[3] and w.shape[2] > 1:
+        yield _Alt("kernel_layout", "kernel input/output channel axes swapped (w[..., i, o] used as w[..., o, i]); "
+                   "check the kernel layout (HWIO vs HWOI/OIHW)", x, w.transpose(0, 1, 3, 2), b, spec)
+
+
+def _bias_alts(x, w, b, spec: ConvSpec, out_shape: tuple) -> Iterator[_Alt]:
+    if b is None or not np.any(b):
+        return
+    nb = spec.replace()
+    nb = ConvSpec.from_shapes(nb.x_shape, nb.w_shape, None, stride=nb.stride, padding=nb.pads,
+                              dilation=nb.dilation, groups=nb.groups)
+    yield _Alt("bias", "bias missing: the output matches the convolution without the bias (bias not added)",
+               x, w, None, nb)
+    yield _Alt("bias", "bias added twice", x, w, 2 * b, spec)
+    yield _Alt("bias", "bias subtracted instead of added (wrong sign)", x, w, -b, spec)
+
+
+def _precision_alts(x, w, b, spec: ConvSpec, out_shape: tuple, requested: str) -> Iterator[_Alt]:
+    model = get_precision(requested)
+    p_in = FORMATS[model.inputs].p
+    for cand, truncate in (("tf32", False), ("tf32", True), ("float16", False), ("bfloat16", False),
+                           ("float32", False)):
+        if FORMATS[cand].p >= p_in:
+            continue
+        rx, rw = round_to_format(x, cand, truncate=truncate), round_to_format(w, cand, truncate=truncate)
+        rb = None if b is None else round_to_format(b, cand, truncate=truncate)
+        how = "truncated to" if truncate else "rounded to"
+        yield _Alt("precision", f"inputs {how} {cand}", rx, rw, rb, spec, input_rounding=False)
+    for cand in ("float16", "bfloat16", "float32"):
+        if FORMATS[cand].p >= FORMATS[model.output].p:
+            continue
+        yield _Alt("precision", f"output rounded to {cand}", x, w, b, spec, precision=cand)
+    for cand in ("float16", "bfloat16", "float32"):
+        if FORMATS[cand].p >= FORMATS[model.accumulation].p:
+            continue
+        yield _Alt("precision", f"accumulation in {cand}", x, w, b, spec, precision=requested, accumulation=cand)
+
+
+HYPOTHESES: dict[str, Callable[..., Iterator[_Alt]]] = {
+    "padding": _padding_alts,
+    "kernel": _kernel_alts,
+    "bias": _bias_alts,
+}
+
+
+def _precision_statement(fits: list[_Alt], requested: str, x: np.ndarray, w: np.ndarray) -> str:
+    names = [a.statement for a in fits]
+    in_tf32 = any(s.startswith("inputs") and "tf32" in s for s in names)
+    in_f16 = any(s == "inputs rounded to float16" for s in names)
+    if in_tf32 and in_f16:
+        return (f"consistent with TF32 or float16 input rounding (10 mantissa bits), not {requested}: the two are "
+                "indistinguishable here because every input lies within float16's normal range")
+    first = names[0]
+    if first.startswith("inputs") and "tf32" in first:
+        return f"consistent with TF32 ({first}: 10 mantissa bits, e.g. tensor-core math), not {requested}"
+    if first.startswith("inputs"):
+        fmt = first.split()[-1]
+        return f"consistent with {fmt} inputs ({first}), not {requested}"
+    return f"consistent with {first}, not {requested}"
+
+
+def diagnose(
+    actual_nhwc: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    spec: ConvSpec,
+    *,
+    precision: str = "float32",
+    accumulation: str | None = None,
+    bound: str = "deterministic",
+    failing: np.ndarray | None = None,
+) -> list[Finding]:
+    """Name the fault class behind a failing output (NHWC ``actual``, NHWC x, HWIO w, NHWC spec).
+
+    Returns findings, most specific first (empty when nothing fits). Kinds:
+    "padding", "kernel_flip", "kernel_layout", "bias", "precision", "corrupted",
+    "arithmetic". ``failing`` (bool, NHWC) marks the elements that exceeded the
+    tolerance under the requested model; it enables the corruption diagnosis.
+    See the module docstring for an example.
+    """
+    ctx = {"precision": precision, "accumulation": accumulation, "bound": bound}
+    out_shape = tuple(actual_nhwc.shape)
+    for gen in HYPOTHESES.values():
+        for alt in gen(x, w, b, spec, out_shape):
+            if _fraction_fitting(actual_nhwc, alt, ctx) == 1.0:
+                return [Finding(alt.kind, alt.statement)]
+    if out_shape != spec.output_shape:
+        return []
+    fits = [alt for alt in _precision_alts(x, w, b, spec, out_shape, precision)
+            if _fraction_fitting(actual_nhwc, alt, ctx) == 1.0]
+    if fits:
+        return [Finding("precision", _precision_statement(fits, precision, x, w))]
+    if failing is not None and failing.any():
+        nfail, size = int(failing.sum()), failing.size
+        if nfail <= max(3, size // 100) and nfail < size:
+            idx = [tuple(int(i) for i in p) for p in np.argwhere(failing)[:5]]
+            if nfail == 1:
+                return [Finding("corrupted", f"single corrupted element at NHWC index {idx[0]}; every other element "
+                                "is within tolerance", 1 - 1 / size)]
+            return [Finding("corrupted", f"{nfail} isolated corrupted elements (e.g. at NHWC {idx}); every other "
+                            "element is within tolerance", 1 - nfail / size)]
+        return [Finding(
+            "arithmetic",
+            f"errors exceed the {precision} bound at {nfail} of {size} elements without matching any tested semantic "
+            "fault (padding, kernel orientation/layout, bias, lower input/output/accumulation precision). The "
+            "arithmetic is less accurate than the claimed precision: consistent with an algorithm whose transforms "
+            "amplify rounding error (Winograd or FFT convolution; Barabasz et al., arXiv:1803.10986) or with "
+            "lower-precision intermediates",
+            1 - nfail / size,
+        )]
+    return []

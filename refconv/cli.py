@@ -36,8 +36,11 @@ import numpy as np
 
 from .errors import RefconvError, ShapeError, unknown_name
 
-__all__ = ["main", "build_parser", "DATA_GENERATORS", "make_inputs", "shapes_from_geometry", "seed_problem",
-           "SEED_GEOMETRY", "EXIT_OK", "EXIT_NOT_OK", "EXIT_USAGE", "EXIT_INTERNAL"]
+__all__ = [
+    "main", "build_parser", "DATA_GENERATORS", "EXAMPLES", "make_inputs", "parse_padding", "shapes_from_geometry",
+    "seed_problem", "seed_runs", "frameworks_document", "SEED_GEOMETRY",
+    "EXIT_OK", "EXIT_NOT_OK", "EXIT_USAGE", "EXIT_INTERNAL",
+]
 
 EXIT_OK, EXIT_NOT_OK, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -211,32 +214,12 @@ def _run_requests(text: str | None) -> list[Any]:
 
 
 def _request_label(req: Any) -> str:
-    if isinstance(req, str):
-        return req
-    if isinstance(req, dict):
-        parts = [str(req.get(k)) for k in ("framework", "device", "dtype")]
-        if req.get("math", "default") not in (None, "default"):
-            parts.append(str(req["math"]))
-        return ":".join(parts)
     return str(getattr(req, "label", req))
 
 
 def _execute(req: Any, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: dict[str, Any]) -> Any:
-    """One framework run from a request returned by ``parse_runs``/``default_runs``."""
-    fw = _frameworks()
-    if isinstance(req, dict):
-        kw = dict(req)
-    elif hasattr(req, "_asdict"):
-        kw = dict(req._asdict())
-    elif hasattr(req, "__dataclass_fields__"):
-        import dataclasses
-
-        kw = dataclasses.asdict(req)
-    else:  # "torch:cpu:float32[:math]"
-        return fw.run_many([req], x, w, b, **geometry)[0]
-    kw.pop("label", None)
-    name = kw.pop("framework")
-    return fw.run(name, x, w, b, **geometry, **kw)
+    """One framework run (a failure is recorded in the FrameworkRun, never raised)."""
+    return _frameworks().run_many([req], x, w, b, **geometry)[0]
 
 
 @contextlib.contextmanager
@@ -346,42 +329,39 @@ def _load_inputs(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         return z["x"], z["w"], (z["b"] if "b" in z.files else None)
 
 
-def cmd_frameworks(args: argparse.Namespace) -> int:
+def frameworks_document() -> list[dict[str, Any]]:
+    """What ``refconv frameworks --json`` prints: every registered framework, installed or not, with its
+    version, devices (name, dtypes) and the precision knobs of each device.
+
+    >>> isinstance(frameworks_document(), list)  # doctest: +SKIP
+    True
+    """
     fw = _frameworks()
-    info = fw.available()
-    knobs = fw.precision_knobs()
-    doc = {"frameworks": info, "precision_knobs": knobs}
+    out = []
+    for info in fw.available(include_missing=True):
+        d = info.to_dict()
+        for dev in d["devices"]:
+            dev["precision_knobs"] = fw.precision_knobs(info.name, dev["device"]).get(info.name, {})
+        out.append(d)
+    return out
+
+
+def cmd_frameworks(args: argparse.Namespace) -> int:
+    doc = frameworks_document()
     if args.json:
-        print(json.dumps(doc, indent=2, default=str))
+        print(json.dumps({"frameworks": doc}, indent=2, default=str))
         return EXIT_OK
-    rows = _framework_rows(info)
-    if not rows:
-        print("no framework installed; install one with: pip install \"refconv[torch]\" (or tensorflow, jax, onnx)")
-    widths = [max(len(r[i]) for r in rows) for i in range(3)] if rows else [0, 0, 0]
-    for r in rows:
-        print("  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip())
-    print("\nprecision knobs:")
-    for name, value in _flatten(knobs):
-        print(f"  {name} = {value}")
+    for info in doc:
+        if not info["installed"]:
+            why = f" ({info['error']})" if info.get("error") else ""
+            print(f"{info['name']}: not installed{why}; install with: {info['install']}")
+            continue
+        print(f"{info['name']} {info['version']}")
+        for dev in info["devices"]:
+            print(f"  {dev['device']} ({dev['name']}): {', '.join(dev['dtypes'])}")
+            for name, value in _flatten(dev.get("precision_knobs", {})):
+                print(f"      {name} = {value}")
     return EXIT_OK
-
-
-def _framework_rows(info: Any) -> list[tuple[str, str, str]]:
-    header = [("framework", "version", "devices")]
-    items: list[tuple[str, Any]] = list(info.items()) if isinstance(info, dict) else [
-        (getattr(i, "name", str(i)), i) for i in info]
-    rows = []
-    for name, v in items:
-        get = v.get if isinstance(v, dict) else (lambda k, d=None, _v=v: getattr(_v, k, d))
-        devices = get("devices", [])
-        dev = ", ".join(
-            (f"{d.get('device', d.get('name'))} ({d.get('name')})" if isinstance(d, dict) and d.get("name")
-             and d.get("name") != d.get("device") else str(d.get("device", d) if isinstance(d, dict) else d))
-            for d in (devices.items() if isinstance(devices, dict) and False else devices)
-        ) if not isinstance(devices, dict) else ", ".join(f"{k} ({v2})" if v2 and v2 != k else k
-                                                           for k, v2 in devices.items())
-        rows.append((str(name), str(get("version", "")), dev))
-    return header + rows if rows else []
 
 
 def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -414,22 +394,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def seed_runs(available: Any = None) -> list[str]:
     """Run labels of the seed example: torch float64 and TensorFlow float32 on the CPU and on every GPU.
 
-    >>> seed_runs({"torch": {"devices": ["cpu", "cuda:0"]}, "tensorflow": {"devices": ["cpu"]}})
+    ``available`` is :func:`refconv.frameworks.available`'s list (queried when None).
+
+    >>> from refconv.frameworks import DeviceInfo, FrameworkInfo
+    >>> seed_runs([FrameworkInfo("torch", True, "2", [DeviceInfo("cpu", "x"), DeviceInfo("cuda:0", "H200")])])
     ['torch:cpu:float64', 'tensorflow:cpu:float32', 'torch:cuda:0:float64']
     """
     if available is None:
         available = _frameworks().available()
     out = ["torch:cpu:float64", "tensorflow:cpu:float32"]
+    infos = {i.name: i for i in available}
     for name, dtype in (("torch", "float64"), ("tensorflow", "float32")):
-        info = available.get(name) if isinstance(available, dict) else None
-        if not info:
-            continue
-        devices = info.get("devices", []) if isinstance(info, dict) else getattr(info, "devices", [])
-        names = list(devices) if not isinstance(devices, dict) else list(devices.keys())
-        for d in names:
-            d = d.get("device", d.get("name")) if isinstance(d, dict) else d
-            if str(d) != "cpu":
-                out.append(f"{name}:{d}:{dtype}")
+        for dev in getattr(infos.get(name), "devices", []):
+            if dev.device != "cpu":
+                out.append(f"{name}:{dev.device}:{dtype}")
     return out
 
 

@@ -89,7 +89,7 @@ def render_table(report: Any) -> str:
     """Fixed-width table, one row per run.
 
     The bound-ratio column is max |y − exact| / (u·Σ|x·w|) against the
-    deterministic bound ≈ n; the probabilistic bound ≈ √n is in the header note.
+    deterministic bound ≈ n (typical honest rounding gives about √n).
 
     >>> from refconv.attribution import Report
     >>> print(render_table(Report(spec={}, runs=[], attributions=[], pairs=[])))

@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FrameworkRunError, FrameworkUnavailableError, RefconvError, ShapeError, unknown_name
+from ..errors import (
+    FrameworkRunError,
+    FrameworkUnavailableError,
+    RefconvError,
+    ShapeError,
+    UnknownNameError,
+    unknown_name,
+)
 from ..spec import ConvSpec, Padding, prepare
 from ._adapter import Adapter, DeviceInfo
 from .base import DTYPES, MATH_MODES, FrameworkRun
@@ -379,13 +386,21 @@ def run_many(
     (False, True)
     """
     if isinstance(requests, str):
-        requests = parse_runs(requests)
+        requests = [t.strip() for t in requests.split(",") if t.strip()]
     xf, wf, bf, spec = prepare(x, w, b, **geometry)
     options = options or {}
     results = []
     for req in requests:
         if isinstance(req, str):
-            req = parse_runs(req)[0]
+            try:
+                req = parse_runs(req)[0]
+            except UnknownNameError as exc:
+                fw_name = req.split(":")[0]
+                results.append(
+                    FrameworkRun(fw_name, "unknown", "cpu", "cpu", "float32", "default", None, spec=spec,
+                                 error=_error_message(exc), notes=[f"could not parse run {req!r}"])
+                )  # fmt: skip
+                continue
         try:
             adapter = get_adapter(req.framework)
             dtype, math = _dtype(req.dtype), _math(req.math)

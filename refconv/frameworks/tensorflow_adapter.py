@@ -11,8 +11,9 @@ Translation:
   with the HWIO filter reshaped to (KH, KW, C, multiplier); other groups:
   ``tf.nn.conv2d`` with C/groups filter channels (TF infers the groups), or, if
   the device has no grouped kernel, one conv per group concatenated (noted).
-* dilation > 1 together with stride > 1 (which TF documents as unsupported)
-  runs the stride-1 dilated conv with explicit pads and subsamples (noted).
+* dilation > 1 together with stride > 1 (which TF documents as unsupported),
+  and depthwise with unequal strides (TF's kernel rejects it), run the stride-1
+  conv with explicit pads and subsample (noted).
 * bias: ``tf.nn.bias_add`` in the run's dtype.
 
 math: "ieee"/"tf32" call ``tf.config.experimental.enable_tensor_float_32_execution``
@@ -144,12 +145,20 @@ class TensorFlowAdapter(Adapter):
                 notes.append("NCHW input transposed to NHWC (TF's CPU conv is NHWC only)")
             if spec.kernel_format == "OIHW":
                 wt = tf.transpose(wt, (2, 3, 1, 0))
-            compose = max(spec.dilation) > 1 and max(spec.stride) > 1
+            depthwise = 1 < spec.groups == spec.C
+            dilated_strided = max(spec.dilation) > 1 and max(spec.stride) > 1
+            unequal_depthwise = depthwise and spec.stride[0] != spec.stride[1]
+            compose = dilated_strided or unequal_depthwise
             stride = (1, 1) if compose else spec.stride
             if compose:
+                why = (
+                    "TF does not support dilation > 1 with stride > 1"
+                    if dilated_strided
+                    else "TF's depthwise conv needs equal strides"
+                )
                 notes.append(
-                    f"dilation={spec.dilation} with stride={spec.stride}: ran the stride-1 dilated conv with explicit "
-                    f"pads {spec.pads} and subsampled by the stride (TF does not support both)"
+                    f"stride={spec.stride}, dilation={spec.dilation}: ran the stride-1 conv with explicit pads "
+                    f"{spec.pads} and subsampled by the stride ({why})"
                 )
             padding = _tf_padding(spec, allow_same=not compose)
             if not isinstance(padding, str):

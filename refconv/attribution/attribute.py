@@ -1,0 +1,955 @@
+"""Attribute one output: measure it against the exact conv, find the arithmetic or semantic model behind it.
+
+How a verdict is reached (see :func:`attribute`):
+
+1. **Precision by emulation.** For every model in
+   :data:`~refconv.attribution.models.PRECISION_MODELS` the inputs (as the
+   framework saw them, or the intended ones) are rounded once to the model's
+   input format and convolved in float64 (products of such inputs are exact;
+   the float64 sum's own error γ_n(2^-53)·Σ|x·w| is added to the bound). A
+   model *fits* when every element satisfies
+   |y − e_m| ≤ γ_(n+2)(u_acc)·Σ|x̂·ŵ| + u_in·|b| + ½ulp_out(y).
+2. **Statistics among fitting models.** Two fitting models m and m' whose
+   emulations differ by d = e_m' − e_m are told apart by regressing
+   r = y − e_m on d: β ≈ 0 means the run shows none of m's-to-m' rounding
+   pattern, β ≈ 1 means it shows all of it. A model is ruled out when β (or
+   1 − β) exceeds both 0.3 and 6 standard errors (heteroskedasticity-robust,
+   floored by the expected accumulation noise √n·u_acc·Σ|x·w|/√3).
+   The survivors are the ``candidates``.
+3. **Semantic hypotheses** (:mod:`refconv.attribution.hypotheses`) are screened
+   with float64 GEMMs when no model fits (against a loose bound that allows
+   bfloat16 input rounding), or, when a model fits, by the same regression test
+   (a semantic difference hidden below a loose precision bound still shows its
+   pattern). The winner is confirmed by refitting every precision model under
+   it, starting from the exact oracle of the alternative conv.
+4. Anything left is "unexplained", with the elements that exceed every bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShapeError, unknown_name
+from ..spec import ConvSpec, Padding, as_float64, prepare
+from .formats import FORMATS, format_of_dtype, on_grid, round_to, ulp
+from .hypotheses import Hypothesis, generate
+from .models import LABEL_ORDER, PRECISION_MODELS, PRECISION_RANK, PrecisionModel
+from .types import Attribution
+
+__all__ = ["attribute", "Problem"]
+
+_Z = 6.0  # standard errors needed to rule a model out
+_EFFECT = 0.3  # ... and the minimum effect size (fraction of the pattern)
+_U64 = 2.0**-53
+
+
+def _gamma(n: int, u: float) -> float:
+    """γ_n = n·u / (1 − n·u) (Higham 2002, §3.1); inf when n·u ≥ 1."""
+    nu = n * u
+    return nu / (1 - nu) if nu < 1 else math.inf
+
+
+def _float_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    from ..oracle._im2col import float_conv_nhwc
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = float_conv_nhwc(x, w, spec)
+        return y if b is None else y + b
+
+
+def _exact_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    from ..oracle import conv2d
+
+    return conv2d(x, w, b, stride=spec.stride, padding=spec.pads, dilation=spec.dilation, groups=spec.groups,
+                  data_format="NHWC", kernel_format="HWIO")
+
+
+_FULL_LIMIT = 32768  # outputs up to this many elements are screened in full
+_SAMPLE_POSITIONS = 128
+_SAMPLE_CHANNELS = 64
+
+
+@dataclasses.dataclass
+class Sample:
+    """A grid of output positions × channels (canonical NHWC) used to screen models and hypotheses cheaply.
+
+    ``full`` samples are the whole output. Decisions taken on a sample are
+    re-checked on every element for the models that survive it.
+
+    >>> s = Sample.for_shape((1, 8, 16, 512))
+    >>> s.full, s.size
+    (False, 8192)
+    """
+
+    shape: tuple[int, int, int, int]
+    full: bool
+    pos: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    ch: np.ndarray | None = None
+    limit: int = _FULL_LIMIT
+
+    @property
+    def key(self) -> tuple:
+        return (self.shape, self.full, self.limit)
+
+    @classmethod
+    def for_shape(
+        cls, shape: tuple[int, ...], seed: int = 0, *, limit: int = _FULL_LIMIT, positions: int = _SAMPLE_POSITIONS
+    ) -> Sample:
+        """Every element up to ``limit`` of them, else ≤ ``positions`` positions (half on the border) × channels
+        so that about limit/4 elements are sampled."""
+        shape = tuple(int(v) for v in shape)  # type: ignore[assignment]
+        n, oh, ow, o = shape
+        if n * oh * ow * o <= limit:
+            return cls(shape, True, limit=limit)  # type: ignore[arg-type]
+        rng = np.random.default_rng(seed)
+        grid = np.stack(np.meshgrid(np.arange(n), np.arange(oh), np.arange(ow), indexing="ij"), -1).reshape(-1, 3)
+        border = (grid[:, 1] == 0) | (grid[:, 1] == oh - 1) | (grid[:, 2] == 0) | (grid[:, 2] == ow - 1)
+        if len(grid) > positions:
+            b_idx, i_idx = np.flatnonzero(border), np.flatnonzero(~border)
+            nb = min(len(b_idx), positions // 2)
+            pick = np.concatenate([rng.choice(b_idx, nb, replace=False),
+                                   rng.choice(i_idx, min(len(i_idx), positions - nb), replace=False)])
+            grid = grid[np.sort(pick)]
+        nq = max(1, min(o, (limit // 4) // len(grid)))
+        ch = np.arange(o) if nq >= o else np.sort(rng.choice(o, nq, replace=False))
+        return cls(shape, False, (grid[:, 0], grid[:, 1], grid[:, 2]), ch, limit)  # type: ignore[arg-type]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape)) if self.full else len(self.pos[0]) * len(self.ch)  # type: ignore[index, arg-type]
+
+    def take(self, a: np.ndarray) -> np.ndarray:
+        """The sampled elements of a canonical NHWC output-shaped array."""
+        if self.full:
+            return a
+        n, h, w = self.pos  # type: ignore[misc]
+        return a[n, h, w][:, self.ch]
+
+    def subset_w(self, w: np.ndarray) -> np.ndarray:
+        """The kernel's sampled output channels (what :meth:`conv` needs with ``w_subset=True``)."""
+        return w if self.full else np.ascontiguousarray(w[..., self.ch])
+
+    def conv(
+        self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec, w_subset: bool = False
+    ) -> np.ndarray:
+        """float64 conv at the sampled elements (the whole conv for a full sample)."""
+        if self.full:
+            return _float_conv(x, w, b, spec)
+        from ..oracle._im2col import pad_nhwc, window_view
+
+        n, oh, ow = self.pos  # type: ignore[misc]
+        ch = self.ch
+        og, cg, k = spec.O // spec.groups, spec.C // spec.groups, spec.n_terms
+        out = np.empty((len(n), len(ch)))
+        xp = pad_nhwc(x, spec)
+        groups = ch // og
+        with np.errstate(invalid="ignore", over="ignore"):
+            for g in np.unique(groups):
+                cols = np.flatnonzero(groups == g)
+                rows = window_view(xp[..., g * cg:(g + 1) * cg], spec)[n, oh, ow].reshape(len(n), k)
+                wc = w[..., cols] if w_subset else w[..., ch[cols]]
+                out[:, cols] = rows @ wc.reshape(k, -1)
+            return out if b is None else out + b[ch]
+
+
+@dataclasses.dataclass
+class _Inputs:
+    """A canonical (NHWC, HWIO) input triple with its lazily computed exact conv."""
+
+    key: str
+    x: np.ndarray
+    w: np.ndarray
+    b: np.ndarray | None
+    _exact: np.ndarray | None = None
+
+    def exact(self, spec: ConvSpec) -> np.ndarray:
+        if self._exact is None:
+            self._exact = _exact_conv(self.x, self.w, self.b, spec)
+        return self._exact
+
+
+class Problem:
+    """The intended conv, canonicalized once and shared by every run attributed against it.
+
+    Holds the caller's spec, canonical NHWC/HWIO inputs, the exact oracle,
+    Σ|x·w| + |b| and caches of rounded inputs, emulations and hypotheses.
+
+    >>> import numpy as np
+    >>> p = Problem(np.ones((1, 4, 4, 2)), np.ones((3, 3, 2, 1)), None)
+    >>> p.n, p.exact.shape, float(p.magnitude.max())
+    (18, (1, 2, 2, 1), 18.0)
+    """
+
+    def __init__(self, x: Any, w: Any, b: Any = None, **geometry: Any) -> None:
+        self.user_padding: Padding = geometry.get("padding", "VALID")
+        xf, wf, bf, spec = prepare(x, w, b, **geometry)
+        self.spec = spec
+        self.cspec = ConvSpec.from_shapes(
+            spec.x_to_nhwc(xf).shape, spec.w_to_hwio(wf).shape, None if bf is None else bf.shape,
+            stride=spec.stride, padding=spec.pads, dilation=spec.dilation, groups=spec.groups,
+            data_format="NHWC", kernel_format="HWIO",
+        )
+        self.original = _Inputs("original", np.ascontiguousarray(spec.x_to_nhwc(xf)),
+                                np.ascontiguousarray(spec.w_to_hwio(wf)), bf)
+        self.n = spec.n_terms + (1 if bf is not None else 0)
+        self._magnitude: np.ndarray | None = None
+        self._cache: dict[tuple, Any] = {}
+        self._hypotheses: list[Hypothesis] | None = None
+
+    @property
+    def exact(self) -> np.ndarray:
+        """Exact conv of the intended inputs, canonical NHWC."""
+        return self.original.exact(self.cspec)
+
+    @property
+    def magnitude(self) -> np.ndarray:
+        """Σ|x·w| + |b| per output element (canonical NHWC)."""
+        if self._magnitude is None:
+            o = self.original
+            self._magnitude = _magnitude(o.x, o.w, o.b, self.cspec)
+        return self._magnitude
+
+    def sample(self, shape: tuple[int, ...], screening: bool = False) -> Sample:
+        """The sample used to tell precision models apart (larger) or to screen hypotheses (smaller)."""
+        key = ("sample", tuple(shape), screening)
+        if key not in self._cache:
+            self._cache[key] = (Sample.for_shape(shape, limit=4096, positions=64) if screening
+                                else Sample.for_shape(shape))
+        return self._cache[key]
+
+    def inputs_seen(self, seen: dict[str, Any] | None) -> _Inputs:
+        """Canonical inputs as the framework saw them (the intended ones when ``seen`` is empty)."""
+        if not seen or all(seen.get(k) is None for k in ("x", "w")):
+            return self.original
+        s, o = self.spec, self.original
+        x = o.x if seen.get("x") is None else np.ascontiguousarray(s.x_to_nhwc(as_float64(seen["x"], "x")))
+        w = o.w if seen.get("w") is None else np.ascontiguousarray(s.w_to_hwio(as_float64(seen["w"], "w")))
+        b = o.b if seen.get("b") is None else as_float64(seen["b"], "b")
+        if x.shape != o.x.shape or w.shape != o.w.shape or (
+            (b is None) != (o.b is None) or (b is not None and o.b is not None and b.shape != o.b.shape)
+        ):
+            raise ShapeError(
+                f"inputs_seen shapes x={x.shape} w={w.shape} b={None if b is None else b.shape} differ from the "
+                f"inputs' x={o.x.shape} w={o.w.shape} b={None if o.b is None else o.b.shape} (canonical NHWC/HWIO)"
+            )
+        if np.array_equal(x, o.x) and np.array_equal(w, o.w) and (b is None or np.array_equal(b, o.b)):
+            return o
+        key = ("seen", id(seen.get("x")), id(seen.get("w")), id(seen.get("b")))
+        if key not in self._cache:
+            self._cache[key] = _Inputs(f"seen{len(self._cache)}", x, w, b)
+        return self._cache[key]
+
+    def hypotheses(self) -> list[Hypothesis]:
+        if self._hypotheses is None:
+            o = self.original
+            self._hypotheses = list(generate(self.cspec, o.x, o.w, o.b, self.user_padding))
+        return self._hypotheses
+
+    def screen(self, h: Hypothesis, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """(float64 conv, Σ|x·w| + |b|) of a hypothesis at the sample, cached."""
+        key = ("screen", h.key, sample.key)
+        if key not in self._cache:
+            mag = sample.conv(np.abs(h.x), np.abs(h.w), None if h.b is None else np.abs(h.b), h.spec)
+            self._cache[key] = (sample.conv(h.x, h.w, h.b, h.spec), mag * (1 + 2.0**-40))
+        return self._cache[key]
+
+    def magnitude_for(self, inputs: _Inputs, spec: ConvSpec, sample: Sample | None) -> np.ndarray:
+        """Σ|x·w| + |b| of some inputs under a spec, in full or at a sample."""
+        if inputs is self.original and spec is self.cspec:
+            return self.magnitude if sample is None else sample.take(self.magnitude)
+        key = ("mag", inputs.key, _spec_key(spec), None if sample is None else sample.key)
+        if key not in self._cache:
+            if sample is None:
+                self._cache[key] = _magnitude(inputs.x, inputs.w, inputs.b, spec)
+            else:
+                ab = None if inputs.b is None else np.abs(inputs.b)
+                m = sample.conv(np.abs(inputs.x), np.abs(inputs.w), ab, spec)
+                self._cache[key] = m * (1 + 2.0**-40)
+        return self._cache[key]
+
+    def rounded(
+        self, inputs: _Inputs, model: PrecisionModel, sample: Sample | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Inputs rounded once to the model's formats (only the sampled kernel channels for a sample)."""
+        sub = sample is not None and not sample.full
+        key = ("round", inputs.key, model.input_format, model.rounding, model.bias_format, sub and sample.key)
+        if key not in self._cache:
+            fmt, mode = model.input_format, model.rounding
+            xkey = ("round-x", inputs.key, fmt, mode)
+            if xkey not in self._cache:
+                self._cache[xkey] = _round(inputs.x, fmt, mode)
+            w = sample.subset_w(inputs.w) if sub else inputs.w  # type: ignore[union-attr]
+            self._cache[key] = (
+                self._cache[xkey],
+                _round(w, fmt, mode),
+                None if inputs.b is None else _round(inputs.b, model.bias_format, "nearest"),
+            )
+        return self._cache[key]
+
+    def emulate(
+        self, inputs: _Inputs, model: PrecisionModel, spec: ConvSpec, sample: Sample | None
+    ) -> tuple[np.ndarray, bool]:
+        """(emulation, exact?) of a model, in full (``sample=None``) or at a sample.
+
+        The emulation is the conv of the inputs rounded once to the model's
+        formats: the exact oracle for the float64 model of the intended inputs,
+        a float64 GEMM otherwise (its error is added to the bound).
+        """
+        if model.input_format == "float64" and inputs._exact is not None:
+            e = inputs._exact
+            return (e if sample is None else sample.take(e)), True
+        key = ("emu", inputs.key, model.input_format, model.rounding, model.bias_format,
+               None if sample is None else sample.key)
+        if key not in self._cache:
+            if model.input_format == "float64":
+                xr, wr, br = inputs.x, inputs.w, inputs.b
+                sub = False
+            else:
+                xr, wr, br = self.rounded(inputs, model, sample)
+                sub = sample is not None and not sample.full
+            self._cache[key] = (
+                _float_conv(xr, wr, br, spec) if sample is None else sample.conv(xr, wr, br, spec, w_subset=sub)
+            )
+        return self._cache[key], False
+
+
+def _round(a: np.ndarray, fmt: str, mode: str) -> np.ndarray:
+    """Round once. numpy's float64 -> float32/float16 casts are single roundings and faster; ml_dtypes'
+    float64 -> bfloat16 cast goes through float32 (double rounding), so bfloat16 uses :func:`round_to`."""
+    if mode == "nearest" and fmt in ("float32", "float16"):
+        with np.errstate(over="ignore"):
+            return a.astype(np.float32 if fmt == "float32" else np.float16).astype(np.float64)
+    return round_to(a, fmt, mode)
+
+
+def _spec_key(spec: ConvSpec) -> tuple:
+    return (spec.x_shape, spec.w_shape, spec.has_bias, spec.stride, spec.pads, spec.dilation, spec.groups)
+
+
+def _magnitude(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec) -> np.ndarray:
+    """Σ|x·w| + |b| by a float64 GEMM of |x|, |w| (tiny slack for its own rounding)."""
+    m = _float_conv(np.abs(x), np.abs(w), None, spec) * (1 + 2.0**-40)
+    return m if b is None else m + np.abs(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting precision models
+
+
+@dataclasses.dataclass
+class ModelFit:
+    """How one precision model explains one output (canonical NHWC arrays)."""
+
+    model: PrecisionModel
+    emulation: np.ndarray
+    bound: np.ndarray
+    violations: np.ndarray  # bool, elements outside the bound
+    max_ratio: float  # max |y - e| / bound
+    energy: float  # Σ (r / noise scale)²
+
+    @property
+    def fits(self) -> bool:
+        return not self.violations.any()
+
+    @property
+    def n_violations(self) -> int:
+        return int(self.violations.sum())
+
+
+def _nonfinite_violations(y: np.ndarray, e: np.ndarray, out_fmt: str) -> np.ndarray:
+    """Elements where y or e is non-finite and the two do not agree (output overflow to ±inf is agreement)."""
+    bad = ~(np.isfinite(y) & np.isfinite(e))
+    if not bad.any():
+        return bad
+    top = FORMATS[out_fmt].max_value
+    with np.errstate(invalid="ignore"):
+        agree = (np.isnan(y) & np.isnan(e)) | (y == e) | (
+            np.isinf(y) & np.isfinite(e) & (np.abs(e) >= top) & (np.sign(y) == np.sign(e))
+        )
+    return bad & ~agree
+
+
+def _noise_scale(mag: np.ndarray, y: np.ndarray, n: int, u_acc: float, out_fmt: str) -> np.ndarray:
+    """Typical size of rounding noise per element: √n·u_acc·Σ|x·w|/√3 plus output rounding (tiny floor)."""
+    s = math.sqrt(n / 3.0) * u_acc * mag + ulp(y, out_fmt) / math.sqrt(12.0)
+    return np.maximum(np.where(np.isfinite(s), s, 0.0), 2.0**-1074 * 4)
+
+
+def fit_model(
+    y: np.ndarray, e: np.ndarray, exact_emulation: bool, mag: np.ndarray, bias: np.ndarray | None, n: int,
+    model: PrecisionModel, out_fmt: str,
+) -> ModelFit:
+    """Deterministic-bound fit of one emulated model (Higham 2002, eq. 3.5; output rounding; bias storage)."""
+    u_in = FORMATS[model.input_format].u if model.input_format != "float64" else 0.0
+    acc = FORMATS[model.accumulation]
+    m = mag * (1 + u_in) ** 2
+    g = _gamma(n + 2, acc.u) + (0.0 if exact_emulation else _gamma(n + 1, _U64))
+    with np.errstate(invalid="ignore", over="ignore"):
+        bound = g * m + 0.5 * ulp(np.maximum(np.abs(y), np.abs(e)), out_fmt) + (n + 2) * acc.tiny
+        if bias is not None and u_in:
+            bound = bound + u_in * np.abs(bias)
+        r = np.abs(y - e)
+        ok = np.isfinite(y) & np.isfinite(e)
+        viol = ok & ~(r <= bound)
+        viol |= _nonfinite_violations(y, e, out_fmt)
+        ratio = np.where(ok, r / bound, 0.0)
+        scale = _noise_scale(mag, y, n, acc.u, out_fmt)
+        energy = float(np.sum(np.where(ok, (r / scale) ** 2, 0.0)))
+    return ModelFit(model, e, bound, viol, float(np.max(ratio, initial=0.0)), energy)
+
+
+def projection(r: np.ndarray, d: np.ndarray, sigma: np.ndarray) -> tuple[float, float]:
+    """Weighted regression of r on d: (β, robust standard error), floored by the expected noise ``sigma``.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> d = rng.standard_normal(1000); r = 0.5 * d + 0.01 * rng.standard_normal(1000)
+    >>> beta, se = projection(r, d, np.full(1000, 0.01))
+    >>> round(beta, 2), bool(se < 0.01)
+    (0.5, True)
+    """
+    ok = np.isfinite(r) & np.isfinite(d) & (sigma > 0)
+    r, d, s = r[ok], d[ok], sigma[ok]
+    wts = 1.0 / s**2
+    den = float(np.sum(wts * d * d))
+    if den == 0 or not math.isfinite(den):
+        return math.nan, math.inf
+    beta = float(np.sum(wts * d * r)) / den
+    eps = r - beta * d
+    m = r.size
+    sandwich = math.sqrt(float(np.sum((wts * d * eps) ** 2))) / den * math.sqrt(m / max(m - 1, 1))
+    floor = (3.0 if m < 10 else 1.0) / math.sqrt(den)
+    return beta, max(sandwich, floor)
+
+
+def _rule_out(fits: list[ModelFit], y: np.ndarray, mag: np.ndarray, n: int, out_fmt: str) -> tuple[set[str], dict]:
+    """Pairwise regression tests among fitting models; returns (ruled-out names, test table)."""
+    out: set[str] = set()
+    table: dict[str, Any] = {}
+    for i, a in enumerate(fits):
+        for b in fits[i + 1:]:
+            d = b.emulation - a.emulation
+            if not np.any(d[np.isfinite(d)]):
+                continue
+            u_acc = max(FORMATS[a.model.accumulation].u, FORMATS[b.model.accumulation].u)
+            beta, se = projection(y - a.emulation, d, _noise_scale(mag, y, n, u_acc, out_fmt))
+            if not math.isfinite(beta):
+                continue
+            table[f"{a.model.name}->{b.model.name}"] = {"beta": beta, "se": se}
+            if beta > max(_Z * se, _EFFECT):
+                out.add(a.model.name)
+            if 1 - beta > max(_Z * se, _EFFECT):
+                out.add(b.model.name)
+    return out, table
+
+
+@dataclasses.dataclass
+class PrecisionFit:
+    """Every model's fit at the sample, the survivors (re-checked on every element) and the pairwise tests."""
+
+    fits: list[ModelFit]  # at the sample
+    survivors: list[ModelFit]  # full-size fits of the models nothing ruled out
+    tests: dict[str, Any]
+    full_fits: dict[str, ModelFit]
+    sample: Sample
+
+    @property
+    def candidates(self) -> list[str]:
+        labels = {f.model.label for f in self.survivors}
+        return [lab for lab in LABEL_ORDER if lab in labels]
+
+    def best(self) -> ModelFit:
+        """Sample-level fit with the fewest violations, then the smallest worst ratio."""
+        return min(self.fits, key=lambda f: (f.n_violations, f.max_ratio))
+
+    def for_label(self, label: str) -> ModelFit | None:
+        return next((f for f in self.survivors if f.model.label == label), None)
+
+
+def fit_precisions(
+    prob: Problem, inputs: _Inputs, spec: ConvSpec, y: np.ndarray, out_fmt: str, *, fallback: bool = False
+) -> PrecisionFit:
+    """Fit every (non-fallback, or fallback) model at the sample, pairwise-test those that fit,
+    then re-check the survivors on every element."""
+    sample = prob.sample(spec.output_shape)
+    ys = sample.take(y)
+    mag_s = prob.magnitude_for(inputs, spec, sample)
+    bias_s = None if inputs.b is None else (inputs.b if sample.full else inputs.b[sample.ch])
+    n = spec.n_terms + spec.has_bias
+    fits = []
+    for model in PRECISION_MODELS.values():
+        if model.fallback != fallback:
+            continue
+        e, exact = prob.emulate(inputs, model, spec, sample)
+        fits.append(fit_model(ys, e, exact, mag_s, bias_s, n, model, out_fmt))
+    fitting = [f for f in fits if f.fits]
+    ruled, tests = (set(), {})
+    if len(fitting) > 1:
+        ruled, tests = _rule_out(fitting, ys, mag_s, n, out_fmt)
+    alive = [f for f in fitting if f.model.name not in ruled]
+    if fitting and not alive:  # contradictory pairwise tests: keep the closest model
+        alive = [min(fitting, key=lambda f: f.energy)]
+    full_fits: dict[str, ModelFit] = {}
+    survivors = []
+    for f in alive:
+        full = f if sample.full else full_fit(prob, inputs, spec, y, out_fmt, f.model)
+        full_fits[f.model.name] = full
+        if full.fits:
+            survivors.append(full)
+    return PrecisionFit(fits, survivors, tests, full_fits, sample)
+
+
+def full_fit(prob: Problem, inputs: _Inputs, spec: ConvSpec, y: np.ndarray, out_fmt: str, model: PrecisionModel):
+    """The fit of one model on every element."""
+    e, exact = prob.emulate(inputs, model, spec, None)
+    mag = prob.magnitude_for(inputs, spec, None)
+    return fit_model(y, e, exact, mag, inputs.b, spec.n_terms + spec.has_bias, model, out_fmt)
+
+
+def choose_precision(requested: str, candidates: list[str]) -> tuple[str | None, str]:
+    """(precision, verdict) from the requested precision and the surviving labels.
+
+    The requested precision wins when the data cannot rule it out; otherwise the
+    least precise candidate at least as precise as requested ("ok"), else the
+    most precise candidate ("degraded").
+
+    >>> choose_precision("float32", ["float32", "tf32", "float16"]), choose_precision("float32", ["tf32", "float16"])
+    (('float32', 'ok'), ('tf32', 'degraded'))
+    """
+    if not candidates:
+        return None, "unexplained"
+    if requested in candidates:
+        return requested, "ok"
+    rq = PRECISION_RANK.get(requested, 0)
+    better = [c for c in candidates if PRECISION_RANK[c] <= rq]
+    if better:
+        return better[-1], "ok"
+    return candidates[0], "degraded"
+
+
+# ---------------------------------------------------------------------------------------------
+# Semantic hypotheses
+
+
+@dataclasses.dataclass
+class _HypothesisResult:
+    hypothesis: Hypothesis
+    fit: PrecisionFit
+    screen_ratio: float
+
+
+def _loose_bound(mag: np.ndarray, bias: np.ndarray | None, y: np.ndarray, e: np.ndarray, n: int, out_fmt: str):
+    """A bound every non-fallback model satisfies: coarsest input rounding plus float32 accumulation."""
+    u_in = max(FORMATS[m.input_format].u for m in PRECISION_MODELS.values() if not m.fallback)
+    g = 2 * u_in + u_in**2 + _gamma(n + 2, 2.0**-24) + _gamma(n + 1, _U64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        b = g * mag + 0.5 * ulp(np.maximum(np.abs(y), np.abs(e)), out_fmt)
+        return b if bias is None else b + u_in * np.abs(bias)
+
+
+def _confirm(prob: Problem, h: Hypothesis, y: np.ndarray, seen: _Inputs, out_fmt: str, ratio: float):
+    """Refit the precision models under a hypothesis (its float64 model on the exact oracle)."""
+    key = ("confirm", h.key, seen.key)
+    if key not in prob._cache:
+        if seen is prob.original:
+            base = _Inputs(f"hyp:{h.key}", h.x, h.w, h.b)
+        else:
+            base = _Inputs(f"hyp:{h.key}:{seen.key}", seen.x, _apply_same(h, prob, seen), _bias_like(h, prob, seen))
+        base.exact(h.spec)
+        prob._cache[key] = base
+    fit = fit_precisions(prob, prob._cache[key], h.spec, y, out_fmt)
+    return _HypothesisResult(h, fit, ratio)
+
+
+def _apply_same(h: Hypothesis, prob: Problem, seen: _Inputs) -> np.ndarray:
+    """The hypothesis' kernel transformation applied to the kernel the framework saw."""
+    o = prob.original.w
+    if h.w is o:
+        return seen.w
+    if h.kind == "kernel_flip":
+        return np.ascontiguousarray(seen.w[::-1, ::-1])
+    # find the element permutation by sending indices through the same transformation
+    idx = np.arange(o.size, dtype=np.float64).reshape(o.shape)
+    for hh in generate(prob.cspec, prob.original.x, idx, None, prob.user_padding):
+        if hh.kind == h.kind and hh.detail == h.detail:
+            return seen.w.ravel()[hh.w.astype(np.int64).ravel()].reshape(hh.w.shape)
+    return h.w
+
+
+def _bias_like(h: Hypothesis, prob: Problem, seen: _Inputs) -> np.ndarray | None:
+    if h.b is None or seen.b is None:
+        return h.b
+    if prob.original.b is not None and h.b is not prob.original.b:
+        return 2 * seen.b  # the only bias rewrite is "added twice"
+    return seen.b
+
+
+def _comparable(prob: Problem, y: np.ndarray) -> list[Hypothesis]:
+    return [h for h in prob.hypotheses() if h.spec.output_shape == y.shape]
+
+
+def _hypotheses_when_nothing_fits(prob: Problem, y: np.ndarray, seen: _Inputs, out_fmt: str):
+    ranked = []
+    sample = prob.sample(y.shape, screening=True)
+    ys = sample.take(y)
+    for h in _comparable(prob, y):
+        e, mag = prob.screen(h, sample)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.abs(ys - e) / _loose_bound(mag, None if h.b is None else h.b[sample.ch] if not sample.full
+                                                  else h.b, ys, e, h.spec.n_terms + h.spec.has_bias, out_fmt)
+        fin = np.isfinite(ys) & np.isfinite(e)
+        if not fin.any():
+            continue
+        worst = float(np.max(np.where(fin, ratio, 0.0)))
+        if worst <= 1 and not _nonfinite_violations(ys, e, out_fmt).any():
+            ranked.append((float(np.sum(np.where(fin, ratio, 0.0) ** 2)), worst, h))
+    ranked.sort(key=lambda t: t[0])
+    for _, worst, h in ranked[:3]:
+        res = _confirm(prob, h, y, seen, out_fmt, worst)
+        if res.fit.survivors:
+            return res
+    return None
+
+
+def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, out_fmt: str, pfit: PrecisionFit):
+    """A semantic difference below a loose precision bound: the regression test against the closest model."""
+    sample = prob.sample(y.shape, screening=True)
+    ys = sample.take(y)
+    best = min(pfit.survivors, key=lambda f: f.energy)
+    e_best, _ = prob.emulate(seen, best.model, prob.cspec, sample)
+    mag_s = sample.take(prob.magnitude)
+    sigma = _noise_scale(mag_s, ys, prob.n, FORMATS[best.model.accumulation].u, out_fmt)
+    exact_s = sample.take(prob.exact)
+    hits = []
+    for h in _comparable(prob, y):
+        e, _ = prob.screen(h, sample)
+        d = e - exact_s
+        if not np.any(d[np.isfinite(d)]):
+            continue
+        beta, se = projection(ys - e_best, d, sigma)
+        if math.isfinite(beta) and beta > _Z * se and abs(1 - beta) < _EFFECT:
+            hits.append((abs(1 - beta), h))
+    hits.sort(key=lambda t: t[0])
+    for _, h in hits[:3]:
+        res = _confirm(prob, h, y, seen, out_fmt, math.nan)
+        if res.fit.survivors:
+            return res
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def _requested_and_output(y: Any, dtype: str | None, run: Any) -> tuple[str, str, np.ndarray]:
+    """(requested precision label, output format, float64 output) from the argument forms accepted."""
+    raw = run.output if run is not None else y
+    out_name = format_of_dtype(run.output_dtype) if run is not None and run.output_dtype else None
+    if out_name is None and getattr(raw, "dtype", None) is not None:
+        found = format_of_dtype(raw.dtype)
+        out_name = found if found != "float64" else None
+    arr = as_float64(raw, "y")
+    if run is not None:
+        req = "tf32" if getattr(run, "math", "default") == "tf32" else run.dtype
+        req = dtype or req
+    else:
+        req = dtype
+    if req is not None:
+        req_label = "tf32" if str(req).lower() == "tf32" else format_of_dtype(req)
+        if req_label is None:
+            raise unknown_name("dtype", req, LABEL_ORDER)
+    else:
+        req_label = out_name or "float64"
+    if out_name is None:
+        # a float64 array: it sits on the requested grid if the run rounded its output there
+        want = "float32" if req_label == "tf32" else req_label
+        out_name = next((f for f in (want, "float32") if on_grid(arr, f)), "float64")
+    return req_label, out_name, arr
+
+
+def _positions(flat_idx: np.ndarray, spec: ConvSpec, cshape: tuple[int, ...]) -> list[list[int]]:
+    pos = np.stack(np.unravel_index(flat_idx, cshape), axis=1)
+    if spec.data_format == "NCHW":
+        pos = pos[:, [0, 3, 1, 2]]
+    return pos.tolist()
+
+
+def attribute(
+    y: Any,
+    x: Any,
+    w: Any,
+    b: Any = None,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: Padding = "VALID",
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    data_format: str = "NHWC",
+    kernel_format: str | None = None,
+    dtype: str | None = None,
+    inputs_seen: dict[str, Any] | None = None,
+    label: str | None = None,
+    problem: Problem | None = None,
+) -> Attribution:
+    """Measure an output against the exact conv and say which model explains it.
+
+    ``y`` is the output to judge (any array in ``data_format``, or a
+    :class:`~refconv.frameworks.FrameworkRun`, whose ``inputs_seen``, dtype,
+    output dtype and label are used). ``x``, ``w``, ``b`` are the inputs the user
+    meant; the geometry keywords are those of :func:`refconv.conv2d`
+    (cross-correlation; NHWC/HWIO by default). ``dtype`` is the precision that was
+    requested ("float64", "float32", "tf32", "bfloat16", "float16"); it defaults
+    to y's dtype. ``inputs_seen`` ({"x", "w", "b"}, caller's layouts) are the
+    inputs after the framework's casts; the input-cast error is measured against
+    them and the precision models round them. ``problem`` reuses a
+    :class:`Problem` (oracle and caches) across runs of the same conv.
+
+    Returns an :class:`~refconv.attribution.Attribution`. ``precision`` is None
+    when the verdict is "mismatch" or "unexplained" (then ``extra`` holds the
+    precision under the mismatch, or of the elements that are not outliers).
+    ``condition_number`` is the median of Σ|x·w| / |Σx·w| (max and p99 in ``extra``).
+
+    >>> import numpy as np, refconv
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.random((1, 6, 6, 4)), rng.random((3, 3, 4, 5))
+    >>> y32 = refconv.conv2d(x.astype(np.float32), w.astype(np.float32)).astype(np.float32)
+    >>> a = attribute(y32, x, w)
+    >>> a.precision, a.verdict, a.mismatch
+    ('float32', 'ok', None)
+    >>> a = attribute(refconv.conv2d(x, w, stride=2, padding=1), x, w, stride=2, padding="SAME")
+    >>> a.verdict, a.mismatch
+    ('mismatch', 'padding')
+    """
+    run = y if (hasattr(y, "output") and hasattr(y, "inputs_seen") and hasattr(y, "framework")) else None
+    if run is not None and run.output is None:
+        raise ShapeError(f"run {run.label} has no output (error: {run.error})")
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, data_format=data_format,
+                    kernel_format=kernel_format)
+    if run is not None and run.spec is not None and geometry == _DEFAULTS:
+        s = run.spec
+        geometry = dict(stride=s.stride, padding=s.padding, dilation=s.dilation, groups=s.groups,
+                        data_format=s.data_format, kernel_format=s.kernel_format)
+    prob = problem if problem is not None else Problem(x, w, b, **geometry)
+    spec, cspec = prob.spec, prob.cspec
+    if inputs_seen is None and run is not None and run.inputs_seen:
+        inputs_seen = run.inputs_seen
+    seen = prob.inputs_seen(inputs_seen)
+    requested, out_fmt, yf = _requested_and_output(y, dtype, run)
+    if label is None:
+        label = run.label if run is not None else f"output:{requested}"
+
+    n = prob.n
+    exact = prob.exact
+    mag = prob.magnitude
+    shape_ok = yf.shape == spec.output_shape
+    yc = np.ascontiguousarray(spec.y_to_nhwc(yf)) if shape_ok else _canonical_y(yf, spec)
+
+    precision: str | None = None
+    mismatch: str | None = None
+    detail: str | None = None
+    extra: dict[str, Any] = {"requested": requested, "output_format": out_fmt}
+    pfit: PrecisionFit | None = None
+    hres: _HypothesisResult | None = None
+    if shape_ok:
+        pfit = fit_precisions(prob, seen, cspec, yc, out_fmt)
+        extra["sampled_elements"] = pfit.sample.size
+        extra["model_fits"] = {f.model.name: {"fits": f.fits, "max_bound_ratio": f.max_ratio,
+                                              "violations": f.n_violations} for f in pfit.fits}
+        extra["pairwise_tests"] = pfit.tests
+    if pfit is not None and pfit.survivors:
+        hres = _hypotheses_when_a_model_fits(prob, yc, seen, out_fmt, pfit)
+        if hres is None:
+            precision, verdict = choose_precision(requested, pfit.candidates)
+    else:
+        hres = _hypotheses_when_nothing_fits(prob, yc, seen, out_fmt)
+        if hres is None and shape_ok and out_fmt == "float16":
+            fb = fit_precisions(prob, seen, cspec, yc, out_fmt, fallback=True)
+            if fb.survivors:
+                pfit = fb
+                precision, verdict = choose_precision(requested, fb.candidates)
+                extra["accumulation"] = "float16"
+    if hres is not None:
+        mismatch, detail, verdict = hres.hypothesis.kind, hres.hypothesis.detail, "mismatch"
+        hp, _ = choose_precision(requested, hres.fit.candidates)
+        extra["precision_under_mismatch"] = hp
+        extra["candidates_under_mismatch"] = hres.fit.candidates
+        candidates: list[str] = []
+    elif precision is None:
+        verdict, mismatch = "unexplained", "unexplained"
+        candidates = []
+    else:
+        candidates = pfit.candidates  # type: ignore[union-attr]
+
+    chosen: ModelFit | None = None
+    if precision is not None and pfit is not None:
+        chosen = pfit.for_label(precision)
+        extra.setdefault("accumulation", chosen.model.accumulation if chosen else None)
+        extra["model"] = chosen.model.name if chosen else None
+    outliers = None
+    if verdict == "unexplained":
+        if pfit is not None:
+            bestfit = pfit.best()
+            bestfit = pfit.full_fits.get(bestfit.model.name) or full_fit(prob, seen, cspec, yc, out_fmt, bestfit.model)
+            outliers = bestfit.violations
+            extra["precision_elsewhere"] = bestfit.model.label
+            detail = _outlier_detail(outliers, bestfit, yc, spec, cspec)
+        else:
+            detail = (f"output shape {tuple(yf.shape)} differs from the expected {spec.output_shape} and no "
+                      f"semantic hypothesis produces it")
+
+    return _assemble(
+        label=label, requested=requested, out_fmt=out_fmt, precision=precision, candidates=candidates,
+        mismatch=mismatch, detail=detail, verdict=verdict, prob=prob, seen=seen, yc=yc if shape_ok else None,
+        exact=exact, mag=mag, n=n, extra=extra, chosen=chosen, pfit=pfit, hres=hres, outliers=outliers,
+        run=run, shape=yf.shape,
+    )
+
+
+_DEFAULTS = dict(stride=1, padding="VALID", dilation=1, groups=1, data_format="NHWC", kernel_format=None)
+
+
+def _canonical_y(yf: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    if yf.ndim != 4:
+        raise ShapeError(f"y.shape={yf.shape}: expected a 4-D output in {spec.data_format} layout")
+    return np.ascontiguousarray(spec.y_to_nhwc(yf))
+
+
+def _outlier_detail(viol: np.ndarray, fit: ModelFit, yc: np.ndarray, spec: ConvSpec, cspec: ConvSpec) -> str:
+    idx = np.flatnonzero(viol)
+    k = idx.size
+    if k == 0:
+        return "no model explains the output"
+    pos = np.stack(np.unravel_index(idx, viol.shape), axis=1)
+    where = []
+    for axis, name in ((0, "batch item"), (1, "row"), (2, "column"), (3, "channel")):
+        vals = np.unique(pos[:, axis])
+        if vals.size == 1 and viol.shape[axis] > 1:
+            where.append(f"{name} {int(vals[0])}")
+    ratio = np.abs(yc - fit.emulation) / fit.bound
+    worst = idx[np.argmax(ratio.ravel()[idx])]
+    wpos = _positions(np.array([worst]), spec, viol.shape)[0]
+    frac = k / viol.size
+    loc = f" (all in {', '.join(where)})" if where and k > 1 else ""
+    return (
+        f"{k} of {viol.size} elements ({frac:.2%}) exceed every model's bound{loc}; the worst, at {tuple(wpos)}, "
+        f"is {float(ratio.ravel()[worst]):.3g}x the {fit.model.label} bound; the other elements are consistent "
+        f"with {fit.model.label}"
+        if k < viol.size else
+        f"all elements exceed every model's bound; the worst, at {tuple(wpos)}, is "
+        f"{float(ratio.ravel()[worst]):.3g}x the {fit.model.label} bound"
+    )
+
+
+def _assemble(*, label, requested, out_fmt, precision, candidates, mismatch, detail, verdict, prob: Problem, seen,
+              yc, exact, mag, n, extra, chosen, pfit, hres, outliers, run, shape) -> Attribution:
+    spec, cspec = prob.spec, prob.cspec
+    u_req = FORMATS[requested].u
+    nan = math.nan
+    out = {}
+    if yc is not None:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            err = yc - exact
+            aerr = np.abs(err)
+            fin = np.isfinite(aerr)
+            nz = fin & (exact != 0)
+            rel = aerr[nz] / np.abs(exact[nz])
+            ulps = aerr / ulp(exact, out_fmt)
+            ratio = aerr / (u_req * mag)
+            ratio = np.where(mag > 0, ratio, np.where(aerr > 0, np.inf, 0.0))
+            cond = mag[nz] / np.abs(exact[nz])
+        fa = aerr[fin]
+
+        def q(a, p):
+            return float(np.percentile(a, p)) if a.size else nan
+
+        out = dict(
+            max_abs_error=float(fa.max()) if fa.size else nan, median_abs_error=q(fa, 50),
+            max_rel_error=float(rel.max()) if rel.size else nan, median_rel_error=q(rel, 50),
+            max_ulp=float(ulps[fin].max()) if fa.size else nan, p99_ulp=q(ulps[fin], 99), median_ulp=q(ulps[fin], 50),
+            max_bound_ratio=float(ratio[fin].max()) if fa.size else nan, median_bound_ratio=q(ratio[fin], 50),
+            p99_bound_ratio=q(ratio[fin], 99), condition_number=q(cond, 50),
+        )
+        extra["condition_number_max"] = float(cond.max()) if cond.size else nan
+        extra["condition_number_p99"] = q(cond, 99)
+        extra["nonfinite_mismatches"] = int((~fin & ~(np.isnan(yc) & np.isnan(exact)) & (yc != exact)).sum())
+        extra["within_probabilistic_bound"] = float(np.mean(ratio[fin] <= math.sqrt(n))) if fa.size else nan
+        # input cast vs arithmetic: the conv of the inputs as seen (or as rounded to the precision found), by a
+        # float64 GEMM of those inputs (its error, ≤ γ_n(2^-53)·Σ|x·w|, is far below any cast error it shows)
+        f64 = PRECISION_MODELS["float64"]
+        if seen is not prob.original:
+            e_seen = prob.emulate(seen, f64, cspec, None)[0]
+            extra["cast_reference"] = "inputs_seen"
+        else:
+            m = chosen.model if chosen is not None else next(
+                (mm for mm in PRECISION_MODELS.values() if mm.label == requested and not mm.fallback), f64)
+            if m.input_format == "float64":
+                e_seen = exact
+                extra["cast_reference"] = "intended inputs (no cast)"
+            else:
+                e_seen = prob.emulate(seen, m, cspec, None)[0]
+                extra["cast_reference"] = f"inputs rounded to {m.input_format} ({m.rounding})"
+        with np.errstate(invalid="ignore"):
+            ce, ae = np.abs(e_seen - exact), np.abs(yc - e_seen)
+        input_cast_error = float(np.max(ce[np.isfinite(ce)], initial=0.0))
+        arithmetic_error = float(np.max(ae[np.isfinite(ae)], initial=0.0))
+        order = np.argsort(-np.where(fin, ratio, -1.0).ravel(), kind="stable")
+        if outliers is not None and outliers.any():
+            order = np.flatnonzero(outliers)[np.argsort(-aerr.ravel()[np.flatnonzero(outliers)], kind="stable")]
+        top = order[:5]
+        worst = []
+        for i, pos in zip(top, _positions(top, spec, yc.shape)):
+            worst.append({
+                "index": pos, "y": float(yc.ravel()[i]), "exact": float(exact.ravel()[i]),
+                "abs_error": float(aerr.ravel()[i]), "ulp": float(ulps.ravel()[i]),
+                "bound_ratio": float(ratio.ravel()[i]), "magnitude": float(mag.ravel()[i]),
+            })
+        arrays = dict(exact=spec.y_from_nhwc(exact), error=spec.y_from_nhwc(err), magnitude=spec.y_from_nhwc(mag),
+                      ulp=spec.y_from_nhwc(ulps), bound_ratio=spec.y_from_nhwc(ratio))
+    else:
+        out = {k: nan for k in ("max_abs_error", "median_abs_error", "max_rel_error", "median_rel_error", "max_ulp",
+                                "p99_ulp", "median_ulp", "max_bound_ratio", "median_bound_ratio", "p99_bound_ratio",
+                                "condition_number")}
+        input_cast_error = arithmetic_error = nan
+        worst = []
+        arrays = dict(exact=spec.y_from_nhwc(exact), magnitude=spec.y_from_nhwc(mag))
+        extra["output_shape"] = list(shape)
+    tol = _tolerance(precision or extra.get("precision_under_mismatch") or requested, chosen, mag, n, out_fmt,
+                     prob.original.b, yc)
+    a = Attribution(
+        label=label, requested_dtype=requested, output_dtype=out_fmt, precision=precision, candidates=candidates,
+        mismatch=mismatch, mismatch_detail=detail, verdict=verdict, n_terms=n, **out,
+        deterministic_bound=float(n), probabilistic_bound=math.sqrt(n),
+        input_cast_error=input_cast_error, arithmetic_error=arithmetic_error, worst_positions=worst,
+        explanation="", suggested_tolerance=tol, spec=spec.to_dict(), extra=extra, **arrays,
+    )
+    a.extra["unit_roundoff"] = u_req
+    from .explanation import explain_attribution
+
+    a.explanation = explain_attribution(a)
+    return a
+
+
+def _tolerance(label: str, chosen: ModelFit | None, mag: np.ndarray, n: int, out_fmt: str, b, yc) -> dict[str, Any]:
+    """A per-element bound that accepts this precision honestly, and a scalar atol covering it."""
+    model = chosen.model if chosen is not None else next(
+        (m for m in PRECISION_MODELS.values() if m.label == label and not m.fallback), PRECISION_MODELS["float64"])
+    u_in = FORMATS[model.input_format].u if model.input_format != "float64" else 0.0
+    acc = FORMATS[model.accumulation].u
+    coef = 2 * u_in + u_in**2 + _gamma(n + 2, acc)
+    prob_coef = 2 * u_in + math.sqrt(n) * acc
+    with np.errstate(invalid="ignore", over="ignore"):
+        per = coef * mag + (0.0 if yc is None else 0.5 * ulp(yc, out_fmt))
+    fin = per[np.isfinite(per)]
+    return {
+        "precision": model.label,
+        "model": model.name,
+        "formula": "|y - exact| <= coefficient * sum|x*w| + 0.5 * ulp_out(y)",
+        "coefficient": coef,
+        "probabilistic_coefficient": prob_coef,
+        "atol": float(fin.max()) if fin.size else 0.0,
+        "rtol": 0.0,
+    }

@@ -200,14 +200,23 @@ def to_layout(x: np.ndarray, w: np.ndarray, geometry: dict) -> tuple[np.ndarray,
 # ----------------------------------------------------------- value families ----
 
 
-def _zero_sum_weights(rng, kshape, scale_exp: int = -10) -> np.ndarray:
-    """Integer-valued weights times 2**scale_exp whose K taps sum to exactly zero for each output channel."""
-    kh, kw, cg, o = kshape
-    k = kh * kw * cg
-    wi = rng.integers(-(2**20), 2**20, size=(k, o)).astype(np.float64)
-    if k > 1:
-        wi[-1] = -wi[:-1].sum(axis=0)  # exact: integers below 2**53
-    return np.ldexp(wi, scale_exp).reshape(kshape)
+def cancelling_values(rng, xshape, wshape, big: float, noise, scale_exp: int = -10):
+    """x, w whose big products cancel exactly inside the image, leaving Σ noise·w: cond ~ big·2^20/|noise|.
+
+    Even channels (within each group) hold the constant ``big``, odd channels hold
+    ``noise``; integer weights times 2**scale_exp sum to exactly zero over the taps
+    that meet ``big``. With one channel per group, x = big + noise (rounded).
+    """
+    kh, kw, cg, o = wshape
+    big_channel = (np.arange(cg) % 2 == 0) if cg >= 2 else np.ones(1, dtype=bool)
+    local = np.arange(xshape[3]) % cg
+    x = np.where(big_channel[local], big, noise(xshape)) if cg >= 2 else big + noise(xshape)
+    wi = rng.integers(-(2**20), 2**20, size=(kh * kw, cg, o)).astype(np.float64)
+    sel = wi[:, big_channel, :].reshape(-1, o)
+    if sel.shape[0] > 1:
+        sel[-1] = -sel[:-1].sum(axis=0)  # exact: integers below 2**53
+        wi[:, big_channel, :] = sel.reshape(kh * kw, int(big_channel.sum()), o)
+    return x, np.ldexp(wi, scale_exp).reshape(wshape)
 
 
 def family_values(name: str, rng: np.random.Generator, xshape, wshape):
@@ -234,19 +243,18 @@ def family_values(name: str, rng: np.random.Generator, xshape, wshape):
         x = rng.integers(2**52, 2**53, size=xshape).astype(np.float64)
         w = rng.choice([-2.0, -1.0, -0.5, 0.5, 1.0, 2.0], size=wshape)
         return x, w, rng.integers(-(2**53), 2**53, size=o).astype(np.float64)
-    if name == "illcond":  # terms ~2**60 cancel exactly; the result is the ~1-sized noise: cond ~ 2**60
-        x = 2.0**60 + normal(xshape)
-        return x, _zero_sum_weights(rng, wshape), normal(o)
+    if name == "illcond":  # terms ~2**70 cancel exactly; the result is the ~1-sized noise: cond ~ 2**70
+        return (*cancelling_values(rng, xshape, wshape, 2.0**60, normal), normal(o))
     if name == "mixed":  # exponents spanning ~2000 binades
         return (np.ldexp(normal(xshape), rng.integers(-500, 500, size=xshape)),
                 np.ldexp(normal(wshape), rng.integers(-500, 500, size=wshape)),
                 np.ldexp(normal(o), rng.integers(-500, 500, size=o)))
-    if name == "mixed_cancel":  # 2**420-sized terms cancel; the rest spans 400 binades
-        x = 2.0**400 + np.ldexp(normal(xshape), rng.integers(-400, 0, size=xshape))
-        return x, _zero_sum_weights(rng, wshape), np.ldexp(normal(o), rng.integers(-400, 0, size=o))
-    if name == "overflow":  # products ~2**1035 overflow float64 mid-sum; interior sums are ~1
-        x = 2.0**1015 + normal(xshape)
-        return x, _zero_sum_weights(rng, wshape, scale_exp=0), normal(o)
+    if name == "mixed_cancel":  # 2**410-sized terms cancel; the rest spans 400 binades
+        x, w = cancelling_values(rng, xshape, wshape, 2.0**400,
+                                 lambda shape: np.ldexp(normal(shape), rng.integers(-400, 0, size=shape)))
+        return x, w, np.ldexp(normal(o), rng.integers(-400, 0, size=o))
+    if name == "overflow":  # products ~2**1035 overflow float64 mid-sum; interior sums are ~2**20
+        return (*cancelling_values(rng, xshape, wshape, 2.0**1015, normal, scale_exp=0), normal(o))
     if name == "underflow":  # products ~2**-1080 underflow float64; sums are subnormal
         return (np.ldexp(normal(xshape), -540), np.ldexp(normal(wshape), -540),
                 np.ldexp(normal(o), -1070))
@@ -349,9 +357,10 @@ def test_geometries_cover_every_option():
 def test_family_values_are_what_they_claim(family):
     x, w, b = family_values(family, np.random.default_rng(0), (1, 4, 4, 2), (3, 3, 2, 2))
     assert x.shape == (1, 4, 4, 2) and w.shape == (3, 3, 2, 2) and b.shape == (2,)
-    if family == "illcond":
-        np.testing.assert_array_equal(np.asarray(w, dtype=float).reshape(-1, 2).sum(axis=0), 0.0,
-                                      err_msg="zero-sum weights do not sum to zero")
+    if family in ("illcond", "mixed_cancel", "overflow"):
+        np.testing.assert_array_equal(w[:, :, 0, :].sum(axis=(0, 1)), 0.0,
+                                      err_msg="weights meeting the big channel do not sum to zero")
+        assert np.all(x[..., 0] == x.flat[0]) and np.abs(x[..., 1]).max() < 2.0**-50 * x.flat[0], "big/noise channels"
     if family == "overflow":
         with np.errstate(over="ignore"):
                 assert np.isinf(np.max(np.abs(x)) * np.max(np.abs(w))), "overflow family products must overflow"

@@ -1,0 +1,163 @@
+"""The three oracle methods agree: kahan within its own bound, mpmath rounding to exact's float64."""
+
+from __future__ import annotations
+
+import mpmath
+import numpy as np
+import pytest
+from test_oracle_reference import (
+    FAMILIES,
+    N_GEOMETRIES,
+    assert_bitwise_equal,
+    cancelling_values,
+    family_values,
+    make_case,
+)
+
+import refconv
+from refconv.oracle._im2col import float_conv_nhwc
+from refconv.spec import ConvSpec
+
+GEOMETRY_SUBSET = range(0, N_GEOMETRIES, 3)
+U64 = 2.0**-53
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kahan_is_within_its_own_bound(family):
+    for gi in GEOMETRY_SUBSET:
+        x, w, b, geometry = make_case(family, gi, seed=1)
+        with np.errstate(all="ignore"):
+            exact = refconv.conv2d(x, w, b, **geometry)
+            res = refconv.conv2d_with_info(x, w, b, method="kahan", **geometry)
+        assert res.bound.shape == exact.shape and np.all(res.bound >= 0)
+        informative = np.isfinite(res.bound)  # an infinite bound claims nothing (overflow, NaN, inf)
+        np.testing.assert_array_equal(informative, np.isfinite(res.y),
+                                      err_msg=f"{family} geometry[{gi}]: bound must be finite exactly where y is")
+        err = np.abs(res.y - exact)
+        inside = err <= res.bound
+        assert np.all(inside[informative]), (
+            f"{family} geometry[{gi}]={geometry}: kahan outside its bound at {np.argwhere(informative & ~inside)[:3]}")
+
+
+def test_kahan_bound_is_tight_enough_to_be_useful():
+    """The bound is the published Dot2 bound, barely inflated: u·|y| + γ_n²·Σ|x·w| (Ogita, Rump, Oishi 2005).
+
+    Well-conditioned data: ~u·|y|. At cond ~2^130 Dot2 is really inexact, and still inside it.
+    """
+    rng = np.random.default_rng(2)
+    cases = [family_values("uniform", rng, (1, 8, 8, 16), (3, 3, 16, 4))[:2],
+             cancelling_values(rng, (1, 8, 8, 16), (3, 3, 16, 4), 2.0**120, rng.standard_normal)]
+    for i, (x, w) in enumerate(cases):
+        res = refconv.conv2d_with_info(x, w, method="kahan", padding="SAME")
+        spec = ConvSpec.from_shapes(x.shape, w.shape, padding="SAME")
+        n = spec.n_terms
+        gamma = n * U64 / (1 - n * U64)
+        dot2 = U64 * np.abs(res.y) + gamma**2 * float_conv_nhwc(np.abs(x), np.abs(w), spec)
+        np.testing.assert_array_less(res.bound, 1.01 * dot2 + 1e-300, err_msg=f"case {i}: bound looser than Dot2's")
+        err = np.abs(res.y - refconv.conv2d(x, w, padding="SAME"))
+        assert np.all(err <= res.bound), f"case {i}: kahan outside its bound"
+        if i == 0:
+            np.testing.assert_array_less(res.bound, 1.01 * U64 * np.abs(res.y), err_msg="well-conditioned: ~u·|y|")
+        else:
+            assert err.max() > 0, "Dot2 should be inexact at cond ~2^130 (else this case tests nothing)"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mpmath_method_equals_exact_bitwise(family):
+    """method="mpmath" (exact mpf sum, rounded once to float64) must agree bit for bit."""
+    for gi in range(1, N_GEOMETRIES, 5):
+        x, w, b, geometry = make_case(family, gi, seed=2)
+        with np.errstate(all="ignore"):
+            exact = refconv.conv2d(x, w, b, **geometry)
+            mp = refconv.conv2d(x, w, b, method="mpmath", **geometry)
+        assert_bitwise_equal(mp, exact, f"family={family} geometry[{gi}]")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_conv2d_points_match_exact(family):
+    """dps=None: bitwise; dps=40: mpmath's own float() of the 40-digit value rounds to the same float64.
+
+    Rounding twice (exact -> 40 digits -> float64) can differ from rounding once only
+    within ~2^-133 relative of a float64 midpoint, or (mpmath's to_float) in the
+    subnormal range, where it rounds to 53 bits first; those elements are excluded
+    and counted, and must be rare.
+    """
+    x, w, b, geometry = make_case(family, 7, seed=4)
+    with np.errstate(all="ignore"):
+        exact = refconv.conv2d(x, w, b, **geometry)
+    shape = exact.shape
+    sample = min(12, exact.size)
+    pts = refconv.conv2d_points(x, w, b, sample=sample, seed=1, **geometry)
+    assert pts.positions.shape == (sample, 4) and len(np.unique(pts.positions, axis=0)) == sample
+    assert np.all((pts.positions >= 0) & (pts.positions < np.array(shape)))
+    want = exact[tuple(pts.positions.T)]
+    assert_bitwise_equal(pts.values, want, f"conv2d_points dps=None, family={family}")
+
+    p40 = refconv.conv2d_points(x, w, b, positions=pts.positions, dps=40, **geometry)
+    assert all(isinstance(v, mpmath.mpf) for v in p40.values)
+    as_float = np.array([float(v) for v in p40.values])
+    with np.errstate(all="ignore"):
+        risky = (np.abs(want) < 2.0**-1022) & (want != 0)  # mpmath's to_float double-rounds subnormals
+        near_mid = _near_midpoint(p40.values, want)
+    keep = ~(risky | near_mid)
+    assert keep.sum() >= sample // 2 or family in ("underflow", "subnormal", "ties"), f"{family}: {keep.sum()} kept"
+    assert_bitwise_equal(as_float[keep], want[keep], f"conv2d_points dps=40 -> float, family={family}")
+    # the 40-digit value is within half an ulp of 40 digits of the exact sum: never further than exact's float64
+    for v, f in zip(p40.values, want):
+        if mpmath.isfinite(v) and np.isfinite(f) and f != 0:
+            assert abs(v - mpmath.mpf(float(f))) <= abs(mpmath.mpf(float(np.spacing(f)))), (v, f)
+
+
+def _near_midpoint(values, floats) -> np.ndarray:
+    """True where a 40-digit value lies within 2^-120 relative of a float64 rounding midpoint."""
+    out = np.zeros(len(values), dtype=bool)
+    for i, (v, f) in enumerate(zip(values, floats)):
+        if not (mpmath.isfinite(v) and np.isfinite(f)) or v == 0:
+            continue
+        with mpmath.workprec(300):
+            half = mpmath.mpf(float(np.spacing(f))) / 2
+            d = abs(v - mpmath.mpf(float(f)))
+            out[i] = abs(d - half) <= abs(v) * mpmath.mpf(2) ** -120
+    return out
+
+
+def test_conv2d_points_mpf_precision_and_layouts():
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 5, 6)), rng.standard_normal((4, 3, 3, 2))  # NCHW, OIHW
+    geometry = dict(data_format="NCHW", padding="SAME", stride=(1, 2))
+    exact = refconv.conv2d(x, w, **geometry)
+    positions = [(1, 3, 2, 0), (0, 0, 0, 2), (1, 2, 4, 1)]
+    p = refconv.conv2d_points(x, w, positions=positions, dps=60, **geometry)
+    np.testing.assert_array_equal(p.positions, positions)
+    for pos, v in zip(positions, p.values):
+        assert abs(v - mpmath.mpf(float(exact[pos]))) <= abs(mpmath.mpf(float(np.spacing(exact[pos])))), pos
+    digits = [len(mpmath.nstr(v, 80, strip_zeros=False).replace("-", "").replace(".", "").split("e")[0])
+              for v in p.values]
+    assert min(digits) >= 60, f"dps=60 values carry too few digits: {digits}"
+    assert p.to_dict()["dps"] == 60 and len(p.to_dict()["values"]) == 3
+
+
+def test_conv2d_points_reject_bad_positions():
+    x, w = np.ones((1, 4, 4, 1)), np.ones((3, 3, 1, 1))
+    with pytest.raises(refconv.errors.ShapeError, match="out of range"):
+        refconv.conv2d_points(x, w, positions=[(0, 2, 0, 0)])
+    with pytest.raises(refconv.errors.ShapeError, match="positions"):
+        refconv.conv2d_points(x, w)
+
+
+def test_oracle_result_reports_bound_and_fallbacks():
+    x, w = np.ones((1, 4, 4, 2)), np.ones((3, 3, 2, 1))
+    for method in refconv.METHODS:
+        r = refconv.conv2d_with_info(x, w, method=method)
+        d = r.to_dict()
+        assert d["method"] == method and d["elements"] == r.y.size and d["spec"] == ConvSpec.from_shapes(
+            x.shape, w.shape).to_dict()
+        assert r.elapsed_s >= 0 and r.fallbacks >= 0
+
+
+def test_float_conv_helper_is_a_plain_conv():
+    rng = np.random.default_rng(1)
+    x, w = rng.random((1, 5, 5, 3)), rng.random((3, 3, 3, 2))
+    spec = ConvSpec.from_shapes(x.shape, w.shape, padding="SAME")
+    np.testing.assert_allclose(float_conv_nhwc(x, w, spec), refconv.conv2d(x, w, padding="SAME"), rtol=1e-14,
+                               err_msg="float_conv_nhwc must be the same conv in rounded arithmetic")

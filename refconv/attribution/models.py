@@ -10,6 +10,9 @@ is the mixed-precision bound of Blanchard, Higham, Lopez, Mary and Pranesh
 
 :data:`PRECISION_MODELS` is the single source of truth; ``label`` is the
 public precision vocabulary (:data:`refconv.attribution.types.PRECISIONS`).
+Where a framework may keep the bias in float32 while rounding x and w (mixed
+precision), both bias storages are registered; TF32 is a matmul-operand format,
+so its bias is always float32.
 
 >>> sorted({m.label for m in PRECISION_MODELS.values()}) == sorted(PRECISIONS)
 True
@@ -87,7 +90,15 @@ for _m in (
         "float16", "float16", "float16", "nearest", "float16", "float32", "float16 inputs, float32 accumulation"
     ),
     PrecisionModel(
+        "float16_bias32", "float16", "float16", "nearest", "float32", "float32",
+        "float16 inputs, float32 bias and accumulation",
+    ),
+    PrecisionModel(
         "bfloat16", "bfloat16", "bfloat16", "nearest", "bfloat16", "float32", "bfloat16 inputs, float32 accumulation"
+    ),
+    PrecisionModel(
+        "bfloat16_bias32", "bfloat16", "bfloat16", "nearest", "float32", "float32",
+        "bfloat16 inputs, float32 bias and accumulation",
     ),
     PrecisionModel(
         "float16_acc16", "float16", "float16", "nearest", "float16", "float16",

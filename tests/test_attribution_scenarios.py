@@ -1,0 +1,213 @@
+"""Labeled scenario suite: outputs whose cause is known by construction get the right (precision, mismatch, verdict).
+
+Frameworks are run directly (torch, TensorFlow) so the suite does not depend on the adapters; a few cases go
+through :func:`refconv.frameworks.run` to check that ``FrameworkRun`` inputs (``inputs_seen``, dtypes) are used.
+
+Decisions documented here:
+* float16 storage upstream of a float32 conv, *without* ``inputs_seen``: the output is consistent only with
+  float16-rounded inputs, so the verdict is "degraded" with precision "float16" when the bias was stored in
+  float16 too (the data shows the bias rounding) and "tf32" when only x and w were (TF32 and float16 round
+  identically inside float16's range; both are candidates and "tf32" is preferred, its range being float32's).
+* the same run *with* ``inputs_seen``: the cast is separated (``input_cast_error``) and the arithmetic on the
+  inputs it received is float32, so precision "float32", verdict "ok".
+* a corrupted element: precision None, mismatch and verdict "unexplained"; the detail names the position.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import refconv
+from refconv.attribution import attribute, round_to
+from refconv.spec import ConvSpec
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+GEOMETRIES = {
+    "3x3-same-b2": dict(x=(2, 9, 10, 8), w=(3, 3, 8, 6), stride=1, padding="SAME"),
+    "5x3-s2-same": dict(x=(1, 12, 11, 16), w=(5, 3, 16, 4), stride=2, padding="SAME"),
+    "groups2-valid": dict(x=(1, 10, 10, 8), w=(3, 3, 4, 6), padding="VALID", groups=2),
+    "dil2-s21-pad1": dict(x=(1, 11, 12, 6), w=(3, 3, 6, 5), stride=(2, 1), padding=1, dilation=2),
+}
+
+
+def _data(rng: np.random.Generator, dist: str, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.random(shape) if dist == "uniform" else rng.standard_normal(shape)
+
+
+def _problem(name: str, dist: str, seed: int = 0):
+    g = GEOMETRIES[name]
+    rng = np.random.default_rng(seed + 7 * len(name) + (dist == "normal"))
+    x, w = _data(rng, dist, g["x"]), _data(rng, dist, g["w"])
+    b = _data(rng, dist, (g["w"][3],))
+    geo = {k: v for k, v in g.items() if k not in ("x", "w")}
+    return x, w, b, geo, ConvSpec.from_shapes(x.shape, w.shape, b.shape, **geo)
+
+
+def torch_conv(x, w, b, spec, dtype=None, *, pads=None, stride=None, dilation=None):
+    """NHWC x, HWIO w (float64 numpy) -> torch conv in ``dtype``, NHWC torch tensor (explicit pads)."""
+    dtype = dtype or torch.float32
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dtype)
+    wt = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1))).to(dtype)
+    bt = None if b is None else torch.from_numpy(np.asarray(b, dtype=np.float64)).to(dtype)
+    (t, bo), (left, r) = pads or spec.pads
+    y = F.conv2d(F.pad(xt, (left, r, t, bo)), wt, bt, stride=stride or spec.stride,
+                 dilation=dilation or spec.dilation, groups=spec.groups)
+    return y.permute(0, 2, 3, 1).contiguous()
+
+
+def f32(t):
+    return t.numpy()
+
+
+def check(a, expected, what):
+    got = (a.precision, a.mismatch, a.verdict)
+    assert got == expected, (
+        f"{what}: got {got}, expected {expected}; candidates={a.candidates} detail={a.mismatch_detail} "
+        f"fits={a.extra.get('model_fits')} tests={a.extra.get('pairwise_tests')}"
+    )
+
+
+CASES = [(g, d) for g in GEOMETRIES for d in ("uniform", "normal")]
+
+
+@pytest.mark.parametrize("geometry,dist", CASES)
+def test_precision_scenarios(geometry, dist):
+    x, w, b, geo, spec = _problem(geometry, dist)
+    att = lambda y, **kw: attribute(y, x, w, b, **geo, **kw)  # noqa: E731
+    check(att(f32(torch_conv(x, w, b, spec))), ("float32", None, "ok"), "torch float32")
+    check(att(torch_conv(x, w, b, spec, torch.float64).numpy()), ("float64", None, "ok"), "torch float64")
+    for mode in ("nearest", "truncate"):
+        y = f32(torch_conv(round_to(x, "tf32", mode), round_to(w, "tf32", mode), b, spec))
+        check(att(y), ("tf32", None, "degraded"), f"TF32 ({mode}) emulated, float32 requested")
+        check(att(y, dtype="tf32"), ("tf32", None, "ok"), f"TF32 ({mode}) emulated, tf32 requested")
+    check(att(torch_conv(x, w, b, spec, torch.bfloat16)), ("bfloat16", None, "ok"), "torch bfloat16")
+    a16 = att(torch_conv(x, w, b, spec, torch.float16))
+    check(a16, ("float16", None, "ok"), "torch float16")
+    assert a16.output_dtype == "float16", a16.output_dtype
+
+
+@pytest.mark.parametrize("geometry,dist", CASES[::3])
+def test_float16_storage_upstream(geometry, dist):
+    x, w, b, geo, spec = _problem(geometry, dist)
+    h = lambda a: a.astype(np.float16).astype(np.float64)  # noqa: E731
+    y = f32(torch_conv(h(x), h(w), h(b), spec))
+    a = attribute(y, x, w, b, **geo)
+    check(a, ("float16", None, "degraded"), "fp16 storage (x, w, b), no inputs_seen")
+    a = attribute(y, x, w, b, **geo, inputs_seen={"x": h(x), "w": h(w), "b": h(b)})
+    check(a, ("float32", None, "ok"), "fp16 storage with inputs_seen")
+    assert a.input_cast_error > 10 * a.arithmetic_error, (a.input_cast_error, a.arithmetic_error)
+    y = f32(torch_conv(h(x), h(w), b, spec))
+    a = attribute(y, x, w, b, **geo)
+    check(a, ("tf32", None, "degraded"), "fp16 storage (x, w only), no inputs_seen")
+    assert "float16" in a.candidates, a.candidates
+
+
+@pytest.mark.parametrize("geometry,dist", CASES)
+def test_semantic_scenarios(geometry, dist):
+    x, w, b, geo, spec = _problem(geometry, dist)
+
+    def att(y, expected, what):
+        a = attribute(f32(y), x, w, b, **geo)
+        check(a, expected, what)
+        assert a.mismatch_detail and a.mismatch_detail.startswith("output equals"), a.mismatch_detail
+        return a
+
+    att(torch_conv(x, w, None, spec), (None, "bias", "mismatch"), "bias missing")
+    att(torch_conv(x, w, 2 * b, spec), (None, "bias", "mismatch"), "bias doubled")
+    att(torch_conv(x, np.ascontiguousarray(w[::-1, ::-1]), b, spec), (None, "kernel_flip", "mismatch"), "flip")
+    if w.shape[0] == w.shape[1]:
+        att(torch_conv(x, np.ascontiguousarray(w.transpose(1, 0, 2, 3)), b, spec),
+            (None, "kernel_layout", "mismatch"), "H/W swapped")
+    kh, kw = w.shape[:2]
+    sym = (((kh - 1) * spec.dilation[0] // 2,) * 2, ((kw - 1) * spec.dilation[1] // 2,) * 2)
+    if sym != spec.pads and spec.replace(padding=sym).output_shape == spec.output_shape:
+        a = att(torch_conv(x, w, b, spec, pads=sym), (None, "padding", "mismatch"), "symmetric padding")
+        assert "((" in a.mismatch_detail, a.mismatch_detail
+    a = att(torch_conv(x, w, b, spec, stride=(spec.stride[0] + 1, spec.stride[1])), (None, "stride", "mismatch"),
+            "stride off by one")
+    assert np.isnan(a.max_abs_error), "output shape differs: no element-wise error against the intended conv"
+
+
+def test_padding_conventions_at_stride_2():
+    """SAME asked; the framework used SAME_LOWER, TVM-style SAME, or symmetric pads."""
+    rng = np.random.default_rng(3)
+    x, w, b = rng.random((1, 10, 12, 4)), rng.random((3, 3, 4, 5)), rng.random(5)
+    spec = ConvSpec.from_shapes(x.shape, w.shape, b.shape, stride=2, padding="SAME")
+    assert spec.pads == ((0, 1), (0, 1))
+    for pads, word in ((((1, 0), (1, 0)), "SAME_LOWER"), (((1, 1), (1, 1)), "symmetric")):
+        a = attribute(f32(torch_conv(x, w, b, spec, pads=pads)), x, w, b, stride=2, padding="SAME")
+        check(a, (None, "padding", "mismatch"), word)
+        assert "SAME's ((0,1),(0,1))" in a.mismatch_detail, a.mismatch_detail
+    # VALID instead of SAME: a smaller output, compared where it is defined
+    a = attribute(f32(torch_conv(x, w, b, spec, pads=((0, 0), (0, 0)))), x, w, b, stride=2, padding="SAME")
+    check(a, (None, "padding", "mismatch"), "VALID")
+    assert "((0,0),(0,0))" in a.mismatch_detail, a.mismatch_detail
+
+
+def test_dilation_off_by_one_and_reshaped_kernel():
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((1, 12, 12, 4)), rng.standard_normal((3, 3, 4, 4)), rng.standard_normal(4)
+    spec = ConvSpec.from_shapes(x.shape, w.shape, b.shape, dilation=2, padding="SAME")
+    y = torch_conv(x, w, b, spec, pads=ConvSpec.from_shapes(x.shape, w.shape, padding="SAME").pads, dilation=(1, 1))
+    a = attribute(f32(y), x, w, b, dilation=2, padding="SAME")
+    check(a, (None, "dilation", "mismatch"), "dilation 1 instead of 2")
+    # an OIHW (torch) buffer reshaped, not transposed, into HWIO
+    w_bad = np.ascontiguousarray(w.transpose(3, 2, 0, 1)).reshape(w.shape)
+    spec1 = ConvSpec.from_shapes(x.shape, w.shape, b.shape, padding="SAME")
+    a = attribute(f32(torch_conv(x, w_bad, b, spec1)), x, w, b, padding="SAME")
+    check(a, (None, "kernel_layout", "mismatch"), "OIHW buffer reshaped to HWIO")
+
+
+@pytest.mark.parametrize("dist", ["uniform", "normal"])
+def test_corrupted_pixel_and_channel(dist):
+    x, w, b, geo, spec = _problem("3x3-same-b2", dist)
+    y = f32(torch_conv(x, w, b, spec))
+    y[1, 4, 5, 2] += 1e-3 * (1 + abs(y[1, 4, 5, 2]))
+    a = attribute(y, x, w, b, **geo)
+    check(a, (None, "unexplained", "unexplained"), "corrupted pixel")
+    assert "(1, 4, 5, 2)" in a.mismatch_detail, a.mismatch_detail
+    assert a.worst_positions[0]["index"] == [1, 4, 5, 2], a.worst_positions[0]
+    y = f32(torch_conv(x, w, b, spec))
+    y[..., 3] *= 1 + 1e-4
+    a = attribute(y, x, w, b, **geo)
+    check(a, (None, "unexplained", "unexplained"), "corrupted channel")
+    assert "channel 3" in a.mismatch_detail, a.mismatch_detail
+
+
+def test_nchw_layouts_and_requested_dtype_on_float64_arrays():
+    """NCHW/OIHW inputs; a float32 result handed over as float64 with dtype="float32"."""
+    rng = np.random.default_rng(5)
+    x, w, b = rng.random((2, 6, 10, 10)), rng.random((4, 6, 3, 3)), rng.random(4)
+    geo = dict(stride=2, padding="SAME", data_format="NCHW")
+    y32 = refconv.conv2d(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), **geo)
+    y = torch.nn.functional.conv2d(torch.from_numpy(x).float(), torch.from_numpy(w).float(), torch.from_numpy(b).float(),
+                                   stride=2, padding=((1, 1))).double().numpy()
+    a = attribute(y32.astype(np.float32).astype(np.float64), x, w, b, dtype="float32", **geo)
+    check(a, ("float32", None, "ok"), "exactly rounded float32 given as float64")
+    assert a.output_dtype == "float32", a.output_dtype
+    a = attribute(y, x, w, b, dtype="float32", **geo)
+    check(a, (None, "padding", "mismatch"), "torch padding=1 (symmetric) against SAME, NCHW")
+
+
+def test_tensorflow_float32_cpu():
+    tf = pytest.importorskip("tensorflow")
+    for seed, dist in enumerate(("uniform", "normal")):
+        x, w, b, geo, spec = _problem("5x3-s2-same", dist, seed)
+        y = tf.nn.bias_add(tf.nn.conv2d(tf.constant(x, tf.float32), tf.constant(w, tf.float32), strides=2,
+                                        padding="SAME"), tf.constant(b, tf.float32))
+        check(attribute(y.numpy(), x, w, b, **geo), ("float32", None, "ok"), f"tensorflow float32 {dist}")
+
+
+def test_framework_runs_use_inputs_seen():
+    from refconv import frameworks
+
+    x, w, b, geo, spec = _problem("3x3-same-b2", "normal")
+    r = frameworks.run("torch", x, w, b, dtype="bfloat16", **geo)
+    assert r.ok, r.error
+    a = attribute(r, x, w, b, **geo)
+    check(a, ("bfloat16", None, "ok"), "torch bf16 FrameworkRun")
+    assert a.label == "torch:cpu:bfloat16" and a.extra["cast_reference"] == "inputs_seen", (a.label, a.extra)
+    assert a.input_cast_error > 0, a.input_cast_error

@@ -23,8 +23,10 @@ import importlib
 from typing import Any
 
 from .assertions import ConvComparison, assert_conv2d_close, call_kernel, compare_conv2d
+from .check import CheckReport, ProblemResult, check_conv2d
 from .diagnosis import HYPOTHESES, Finding, diagnose
 from .formats import FORMATS, PRECISION_MODELS, FloatFormat, PrecisionModel, round_to_format, ulp_in_format
+from .problems import VALUE_FAMILIES, ConvProblem, default_problems, random_problems
 from .tolerance import BOUNDS, PROBABILISTIC_LAMBDA, Tolerance, conv2d_tolerance
 
 __all__ = [
@@ -45,6 +47,13 @@ __all__ = [
     "Finding",
     "HYPOTHESES",
     "call_kernel",
+    "check_conv2d",
+    "CheckReport",
+    "ProblemResult",
+    "ConvProblem",
+    "VALUE_FAMILIES",
+    "default_problems",
+    "random_problems",
     "strategies",
 ]
 

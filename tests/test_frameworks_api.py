@@ -311,3 +311,39 @@ def test_math_modes_do_not_change_cpu_float32_results_beyond_the_bound(framework
         run = fw.run(framework, X, W, math=math, **GEOMETRY)
         assert run.ok and run.math == math, run.error
         np.testing.assert_allclose(run.output, exact, rtol=0, atol=24 * 2.0**-24 * 24, err_msg=f"{run.label}")
+
+
+# ---- translation choices are recorded -------------------------------------------------------
+def test_tensorflow_uses_native_same_and_valid_and_explicit_otherwise():
+    _installed("tensorflow")
+    native = fw.run("tensorflow", X, W, stride=2, padding="SAME")
+    explicit = fw.run("tensorflow", X, W, stride=2, padding=((0, 2), (1, 0)))
+    composed = fw.run("tensorflow", X, W, stride=2, dilation=2, padding="SAME")
+    assert native.ok and not any("explicit TF padding" in n for n in native.notes), native.notes
+    assert explicit.ok and any("[[0, 0], [0, 2], [1, 0], [0, 0]]" in n for n in explicit.notes), explicit.notes
+    assert composed.ok and any("subsampled by the stride" in n for n in composed.notes), composed.notes
+
+
+def test_onnxruntime_uses_auto_pad_only_where_it_matches():
+    _installed("onnxruntime")
+    same = fw.run("onnxruntime", X, W, stride=2, padding="SAME_LOWER")
+    dilated = fw.run("onnxruntime", X, W, stride=2, dilation=2, padding="SAME")
+    explicit_only = fw.run("onnxruntime", X, W, stride=2, padding="SAME", auto_pad=False)
+    assert same.ok and any("auto_pad=SAME_LOWER" in n for n in same.notes), same.notes
+    assert dilated.ok and not any("auto_pad" in n for n in dilated.notes), dilated.notes
+    assert explicit_only.ok and not any("auto_pad" in n for n in explicit_only.notes), explicit_only.notes
+    np.testing.assert_array_equal(
+        explicit_only.output, fw.run("onnxruntime", X, W, stride=2, padding="SAME").output,
+        err_msg="auto_pad SAME_UPPER and explicit pads disagree",
+    )  # fmt: skip
+
+
+def test_torch_asymmetric_pads_use_f_pad_and_channels_last_option():
+    _installed("torch")
+    sym = fw.run("torch", X, W, padding=1, dtype="float64")
+    asym = fw.run("torch", X, W, stride=2, padding="SAME", dtype="float64", channels_last=True)
+    assert sym.ok and not any("F.pad" in n for n in sym.notes), sym.notes
+    assert asym.ok and any("F.pad" in n for n in asym.notes) and any("channels_last" in n for n in asym.notes)
+    np.testing.assert_allclose(
+        asym.output, refconv.conv2d(X, W, stride=2, padding="SAME"), rtol=0, atol=1e-13, err_msg="channels_last run"
+    )

@@ -443,7 +443,7 @@ def assert_conv2d_close(
     ...     assert_conv2d_close(y_lower, x, w, padding="SAME", stride=2)
     ... except AssertionError as e:
     ...     print(str(e).splitlines()[1]); print("SAME_LOWER" in str(e))
-    Mismatched elements: 9 / 36 (25%) exceed the per-element tolerance
+    Mismatched elements: 36 / 36 (100%) exceed the per-element tolerance
     True
     """
     __tracebackhide__ = True

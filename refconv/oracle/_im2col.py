@@ -5,7 +5,7 @@ All functions take canonical NHWC inputs and HWIO weights.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided

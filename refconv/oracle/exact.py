@@ -156,10 +156,20 @@ def certified_product(
 
 @dataclasses.dataclass
 class ExactStats:
-    """What the exact method did: how many elements needed the integer fallback."""
+    """What the exact method did.
+
+    ``fallbacks`` counts elements the certified float path could not decide and
+    that were finished by the exact integer dot product; ``pair_checks`` counts
+    elements re-examined by the per-element Dot2 check (most of which it
+    decides); ``refined_tiles`` counts tiles redone with the two-digit split;
+    ``path`` is "gemm" (Ozaki splitting onto BLAS) or "direct" (Numba Dot2).
+    """
 
     elements: int = 0
     fallbacks: int = 0
+    pair_checks: int = 0
+    refined_tiles: int = 0
+    path: str = ""
 
 
 def conv2d_exact_nhwc(
@@ -168,39 +178,197 @@ def conv2d_exact_nhwc(
     b: np.ndarray | None,
     spec: ConvSpec,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    path: str | None = None,
 ) -> tuple[np.ndarray, ExactStats]:
-    """Correctly rounded conv of canonical float64 NHWC x, HWIO w, bias (O,)."""
+    """Correctly rounded conv of canonical float64 NHWC x, HWIO w, bias (O,).
+
+    ``path`` forces "gemm" or "direct" (default: chosen from the shape by
+    :func:`choose_path`); both are correctly rounded, they differ in speed only.
+
+    >>> from refconv.spec import ConvSpec
+    >>> x = np.array([1e300, 1.0, -1e300, 0.5]).reshape(1, 1, 4, 1)
+    >>> spec = ConvSpec.from_shapes(x.shape, (1, 4, 1, 1))
+    >>> y, stats = conv2d_exact_nhwc(x, np.ones((1, 4, 1, 1)), None, spec)
+    >>> float(y[0, 0, 0, 0]), stats.elements
+    (1.5, 1)
+    """
     finite = [a is None or bool(np.isfinite(a).all()) for a in (x, w, b)]
     xf, wf, bf = (a if ok or a is None else np.where(np.isfinite(a), a, 0.0) for a, ok in zip((x, w, b), finite))
-    y, stats = _finite_exact(xf, wf, bf, spec, workspace_bytes)
+    y, stats = _finite_exact(xf, wf, bf, spec, workspace_bytes, path or choose_path(spec))
     if not all(finite):
         _apply_nonfinite(y, x, w, b, spec, workspace_bytes)
     return y, stats
 
 
+def choose_path(spec: ConvSpec) -> str:
+    """"direct" (Numba Dot2 over taps) for few output channels per group or short sums, else "gemm".
+
+    BLAS is inefficient on skinny products (depthwise: one output channel per
+    group), where the vectorized Dot2 kernel is faster.
+
+    >>> from refconv.spec import ConvSpec
+    >>> choose_path(ConvSpec.from_shapes((1, 8, 8, 32), (3, 3, 1, 32), groups=32))
+    'direct'
+    """
+    og = spec.O // spec.groups
+    return "direct" if og < 16 or spec.n_terms < 16 else "gemm"
+
+
+def tail_gamma(k: int, kb: int, gemms: int = 2) -> float:
+    """Rigorous relative bound of a float tail: ``gemms`` GEMMs over K in chunks of kb, chunk results summed.
+
+    Each chunk GEMM errs by at most γ_kb·Σ|x||y| in any summation order, and the
+    gemms·⌈K/kb⌉ chunk results are added recursively (Higham 2002, eq. 3.5 and §4.2).
+
+    >>> tail_gamma(6400, 256) < 2.0**-44
+    True
+    """
+    u = 2.0**-53
+
+    def gamma(n: int) -> float:
+        return n * u / (1 - n * u)
+
+    chunks = gemms * -(-k // kb)
+    return (gamma(kb) + gamma(chunks) * (1 + gamma(kb))) * (1 + 2.0**-40)
+
+
+_CHUNK = 256  # K-chunk of the level-1 tail GEMMs: bound γ_(256+2K/256) at full BLAS speed
+_REFINE_FRACTION = 0.05  # above this (predicted or actual) undecided share a tile uses the two-digit level
+
+
 def _finite_exact(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec, workspace_bytes: int
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec, workspace_bytes: int, path: str
 ) -> tuple[np.ndarray, ExactStats]:
+    oh, ow = spec.out_hw
+    y = np.empty((spec.N, oh, ow, spec.O), dtype=np.float64)
+    stats = ExactStats(elements=y.size, path=path)
+    xp = np.ascontiguousarray(pad_nhwc(x, spec))
+    wc = np.ascontiguousarray(w)
+    if path == "direct":
+        _direct_exact(xp, wc, b, spec, workspace_bytes, y, stats)
+    else:
+        _gemm_exact(xp, wc, b, spec, workspace_bytes, y, stats)
+    return y, stats
+
+
+def _exact_fallback(xp, wmat, b, spec, n, oi, oj, cs, col) -> float:
+    """The exact integer dot product for one output element (original, unscaled values)."""
+    a = window_view(xp[..., cs], spec)[n, oi, oj].reshape(-1)
+    return exact_dot(a, wmat[:, col], 0.0 if b is None else float(b[col]))
+
+
+def _direct_exact(xp, w, b, spec, workspace_bytes, y, stats) -> None:
+    """Dot2 per element (Numba), certified; undecided elements go to the exact integer dot."""
+    from ._kernels import kernels
+
+    kern = kernels()
+    oh, ow = spec.out_hw
+    k = spec.n_terms
+    wmat = w.reshape(k, spec.O)
+    og, cg = spec.O // spec.groups, spec.C // spec.groups
+    bias = np.zeros(spec.O) if b is None else np.ascontiguousarray(b, dtype=np.float64)
+    per_image = 8 * 4 * oh * ow * spec.O
+    step = max(1, workspace_bytes // max(1, per_image))
+    for n0 in range(0, spec.N, step):
+        n1 = min(spec.N, n0 + step)
+        shape = (n1 - n0, oh, ow, spec.O)
+        hi, lo, bound = np.empty(shape), np.empty(shape), np.empty(shape)
+        kern.dot2_conv(
+            xp[n0:n1], w, bias, b is not None, *spec.stride, *spec.dilation, spec.groups, oh, ow, hi, lo, bound
+        )
+        vals, decided = np.empty(hi.size), np.empty(hi.size, dtype=bool)
+        kern.certify_direct(hi.reshape(-1), lo.reshape(-1), bound.reshape(-1), vals, decided)
+        zero = np.flatnonzero(~decided & (hi.reshape(-1) == 0) & (lo.reshape(-1) == 0))
+        if len(zero):  # a zero (p, s) is exact unless some product underflowed to zero
+            hit = np.empty(len(zero), dtype=bool)
+            kern.any_nonzero_term(xp[n0:n1], w, *spec.stride, *spec.dilation, spec.groups, oh, ow, zero, hit)
+            vals[zero[~hit]] = 0.0
+            decided[zero[~hit]] = True
+        for q in np.flatnonzero(~decided).tolist():
+            nn, oi, oj, oc = np.unravel_index(q, shape)
+            g = oc // og
+            vals[q] = _exact_fallback(xp, wmat, b, spec, n0 + nn, oi, oj, slice(g * cg, (g + 1) * cg), oc)
+            stats.fallbacks += 1
+        y[n0:n1] = vals.reshape(shape)
+
+
+def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats) -> None:
+    """Ozaki splitting onto BLAS, certified per element (see the module docstring for the levels)."""
+    from ._kernels import kernels
+
+    kern = kernels()
     oh, ow = spec.out_hw
     k = spec.n_terms
     beta = digit_bits(k)
-    y = np.empty((spec.N, oh, ow, spec.O), dtype=np.float64)
-    stats = ExactStats(elements=y.size)
-    xp = pad_nhwc(x, spec)
+    kb = k if k <= 2 * _CHUNK else _CHUNK
+    tgamma1 = tail_gamma(k, kb, 2)
+    tgamma2 = tail_gamma(k, k, 3)
+    og, cg = spec.O // spec.groups, spec.C // spec.groups
+    wmat = w.reshape(k, spec.O)
+    has_bias = b is not None
+    # Workspace: half for the split weights (up to 5 arrays of K x nb), half for the input tile (5 arrays of
+    # rows x K) and the (rows x nb) products; a tile always holds at least one output row and one channel.
+    nb = int(max(1, min(og, (workspace_bytes // 2) // (5 * 8 * k))))
     for _, cs, os_ in group_slices(spec):
-        bt = np.ascontiguousarray(w[..., os_].reshape(k, -1).T)  # (Og, K)
-        sb = split_rows(bt, beta)
-        bias = None if b is None else b[os_]
-        win = window_view(xp[..., cs], spec)
-        for n, r0, r1 in row_tiles(spec, 8 * k * 10, workspace_bytes):
-            a = win[n, r0:r1].reshape(-1, k)
-            vals, decided = certified_product(split_rows(a, beta), sb, k, beta, bias)
-            rows, cols = np.nonzero(~decided)
-            for i, j in zip(rows.tolist(), cols.tolist()):
-                vals[i, j] = exact_dot(a[i], bt[j], 0.0 if bias is None else float(bias[j]))
-            stats.fallbacks += len(rows)
-            y[n, r0:r1, :, os_] = vals.reshape(r1 - r0, ow, -1)
-    return y, stats
+        for c0 in range(0, og, nb):
+            c1 = min(og, c0 + nb)
+            cols = slice(os_.start + c0, os_.start + c1)
+            bmat = wmat[:, cols]  # (K, nb) view
+            xs_b, a1_b, r1_b, s_b = *(np.empty((k, c1 - c0)) for _ in range(3)), np.empty((c1 - c0, 5))
+            kern.split_cols(bmat, beta, xs_b, a1_b, r1_b, s_b)
+            del xs_b
+            level2_b = None
+            bias = np.zeros(1) if b is None else np.ascontiguousarray(b[cols])
+            for n, r0, r1 in row_tiles(spec, 8 * (5 * k + 8 * (c1 - c0)), workspace_bytes // 2):
+                rows = (r1 - r0) * ow
+                xs_a, a1_a, r1_a, s_a = *(np.empty((rows, k)) for _ in range(3)), np.empty((rows, 5))
+                kern.split_im2col(xp, n, r0, ow, spec.KH, spec.KW, cs.start, cg, *spec.stride, *spec.dilation,
+                                  beta, xs_a, a1_a, r1_a, s_a)
+                p1 = a1_a @ a1_b  # exact: K products of β-bit digits stay below 2^53
+                vals = np.empty_like(p1)
+                decided = np.zeros(p1.shape, dtype=bool)
+                limit = _REFINE_FRACTION * p1.size
+                if kern.predict_undecided(p1, s_a, s_b, bias, has_bias, k, tgamma1) <= limit:
+                    t = np.zeros_like(p1)
+                    tmp = np.empty_like(p1)
+                    for c in range(0, k, kb):
+                        np.matmul(xs_a[:, c : c + kb], r1_b[c : c + kb], out=tmp)
+                        t += tmp
+                        np.matmul(r1_a[:, c : c + kb], a1_b[c : c + kb], out=tmp)
+                        t += tmp
+                    kern.combine_level1(p1, t, s_a, s_b, bias, has_bias, k, tgamma1, vals, decided)
+                    del t, tmp
+                if np.count_nonzero(~decided) > limit:
+                    stats.refined_tiles += 1
+                    if level2_b is None:
+                        level2_b = (np.empty_like(r1_b), np.empty_like(r1_b), np.empty((c1 - c0, 2)))
+                        kern.split2_cols(r1_b, beta, *level2_b)
+                    a2_b, r2_b, s2_b = level2_b
+                    a2_a, r2_a, s2_a = np.empty_like(r1_a), np.empty_like(r1_a), np.empty((rows, 2))
+                    kern.split2_rows(r1_a, beta, a2_a, r2_a, s2_a)
+                    x12 = a1_a @ a2_b  # exact, like p1
+                    x21 = a2_a @ a1_b  # exact
+                    t2 = a1_a @ r2_b
+                    t2 += r1_a @ r1_b
+                    t2 += r2_a @ a1_b
+                    del a2_a
+                    vals2, dec2 = np.empty_like(p1), np.empty(p1.shape, dtype=bool)
+                    kern.combine_level2(p1, x12, x21, t2, s_a, s_b, s2_a, s2_b, bias, has_bias, k, tgamma2,
+                                        vals2, dec2)
+                    del x12, x21, t2, r2_a
+                    take = ~decided
+                    vals[take] = vals2[take]
+                    decided |= dec2
+                ii, jj = np.nonzero(~decided)
+                if len(ii):
+                    stats.pair_checks += len(ii)
+                    pv, pd = np.empty(len(ii)), np.empty(len(ii), dtype=bool)
+                    kern.dot2_pairs(xs_a, a1_b, r1_b, s_a, s_b, bias, has_bias, ii, jj, pv, pd)
+                    vals[ii, jj] = pv
+                    for i, j in zip(ii[~pd].tolist(), jj[~pd].tolist()):
+                        vals[i, j] = _exact_fallback(xp, wmat, b, spec, n, r0 + i // ow, i % ow, cs, cols.start + j)
+                        stats.fallbacks += 1
+                y[n, r0:r1, :, cols] = vals.reshape(r1 - r0, ow, -1)
 
 
 def _apply_nonfinite(

@@ -1,13 +1,20 @@
 """Numba compensated conv: Dot2 (TwoProduct via FMA + Neumaier/TwoSum), float64.
 
-Ogita, Rump & Oishi, SIAM J. Sci. Comput. 26(6), 2005, Prop. 5.5 ("Dot2"):
+Ogita, Rump & Oishi, SIAM J. Sci. Comput. 26(6), 2005, Alg. 5.3 ("Dot2"): the
+products are split error-free by TwoProduct (``e = fma(x, w, -x*w)``), the
+running sum by TwoSum, and the error terms are summed in float. For n terms
+(K products, plus one for the bias) and u = 2^-53, with every p_k, q_k, e_k the
+sum, TwoSum error and TwoProduct error at step k:
 
-    |res - xᵀy| ≤ u·|xᵀy| + γ_n²·Σ|x_i·y_i|,   γ_n = n·u/(1 - n·u),  u = 2^-53
+    |Σq_k| + |Σe_k| ≤ γ_n·Σ|h_k| + u·Σ|h_k| ≤ γ_(n+1)·Σ|h_k|,
+    |s - Σ(q_k + e_k)| ≤ γ_(n+1)·Σ|q_k + e_k|            (Higham 2002, eq. 4.4),
 
-with n the number of products (K, plus one for the bias). The kernel returns
-that bound per element (inflated for the rounding of the bound itself and for
-underflow in TwoProduct's error term). Never compiled with fastmath: the
-compiler would delete the compensation.
+so the unevaluated pair (p, s) is within γ_(n+1)²·Σ|h_k| of the exact sum. The
+kernel returns y = fl(p + s) and the rigorous bound |lo| + γ_(n+1)²(1+4(n+1)u)·Σ|h|
++ an underflow slack, with lo = p + s - y computed exactly. Never compiled with
+fastmath: the compiler would delete the compensation. The kernel lives in
+:mod:`refconv.oracle._kernels` (vectorized across output channels, four taps per
+accumulator load, summation in tap order for every thread count).
 """
 
 from __future__ import annotations
@@ -15,85 +22,45 @@ from __future__ import annotations
 import numpy as np
 
 from ..spec import ConvSpec
-from ._im2col import pad_nhwc
-
-_U = 2.0**-53
-_kernel = None
-
-
-def _build_kernel():  # imported lazily: numba is heavy
-    from llvmlite import ir
-    from numba import njit, prange, types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def fma(typingctx, a, b, c):
-        sig = types.float64(types.float64, types.float64, types.float64)
-
-        def codegen(context, builder, signature, args):
-            d = ir.DoubleType()
-            fn = builder.module.declare_intrinsic("llvm.fma", [d], ir.FunctionType(d, [d, d, d]))
-            return builder.call(fn, args)
-
-        return sig, codegen
-
-    @njit(parallel=True, fastmath=False, cache=True)
-    def dot2_conv(xp, w, b, has_bias, sh, sw, dh, dw, groups, oh, ow, y, bound):
-        n_, _, _, c = xp.shape
-        kh, kw, cg, o = w.shape
-        og = o // groups
-        nterms = kh * kw * cg + (1 if has_bias else 0)
-        nu = nterms * 2.0**-53
-        gamma = nu / (1.0 - nu)
-        for row in prange(n_ * oh):
-            n = row // oh
-            i = row % oh
-            for j in range(ow):
-                for oc in range(o):
-                    g = oc // og
-                    p = 0.0
-                    s = 0.0
-                    mag = 0.0
-                    if has_bias:
-                        p = b[oc]
-                        mag = abs(p)
-                    for a in range(kh):
-                        for bb in range(kw):
-                            for ci in range(cg):
-                                xv = xp[n, i * sh + a * dh, j * sw + bb * dw, g * cg + ci]
-                                wv = w[a, bb, ci, oc]
-                                h = xv * wv
-                                r = fma(xv, wv, -h)
-                                t = p + h
-                                z = t - p
-                                q = (p - (t - z)) + (h - z)
-                                p = t
-                                s += q + r
-                                mag += abs(h)
-                    res = p + s
-                    y[n, i, j, oc] = res
-                    bound[n, i, j, oc] = (
-                        (2.0**-53 * abs(res) + gamma * gamma * mag * (1.0 + 4.0 * nu)) / (1.0 - 2.0**-52)
-                        + 8.0 * nterms * 2.0**-1074
-                    )
-
-    return dot2_conv
+from ._im2col import DEFAULT_WORKSPACE_BYTES, pad_nhwc
 
 
 def conv2d_kahan_nhwc(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    spec: ConvSpec,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Compensated conv of canonical NHWC x, HWIO w; returns (y, per-element error bound)."""
-    global _kernel
-    if _kernel is None:
-        _kernel = _build_kernel()
+    """Compensated conv of canonical NHWC x, HWIO w; returns (y, rigorous per-element bound on |y - exact|).
+
+    Non-finite results get an infinite bound. Work buffers: one output-sized
+    array for the low parts, computed a batch of images at a time.
+
+    >>> from refconv.spec import ConvSpec
+    >>> x = np.array([1e16, 1.0, -1e16]).reshape(1, 1, 3, 1)
+    >>> spec = ConvSpec.from_shapes(x.shape, (1, 3, 1, 1))
+    >>> y, bound = conv2d_kahan_nhwc(x, np.ones((1, 3, 1, 1)), None, spec)
+    >>> float(y[0, 0, 0, 0]), bool(bound[0, 0, 0, 0] < 1e-15)
+    (1.0, True)
+    """
+    from ._kernels import kernels
+
+    kern = kernels()
     oh, ow = spec.out_hw
     y = np.empty((spec.N, oh, ow, spec.O))
     bound = np.empty_like(y)
     xp = np.ascontiguousarray(pad_nhwc(x, spec))
-    bias = np.zeros(spec.O) if b is None else np.ascontiguousarray(b)
-    _kernel(
-        xp, np.ascontiguousarray(w), bias, b is not None, *spec.stride, *spec.dilation, spec.groups, oh, ow, y, bound
-    )
+    wc = np.ascontiguousarray(w)
+    bias = np.zeros(spec.O) if b is None else np.ascontiguousarray(b, dtype=np.float64)
+    step = max(1, workspace_bytes // max(1, 8 * oh * ow * spec.O))
+    for n0 in range(0, spec.N, step):
+        n1 = min(spec.N, n0 + step)
+        lo = np.empty((n1 - n0, oh, ow, spec.O))
+        yb, bb = y[n0:n1], bound[n0:n1]
+        args = (*spec.stride, *spec.dilation, spec.groups, oh, ow)
+        kern.dot2_conv(xp[n0:n1], wc, bias, b is not None, *args, yb, lo, bb)
+        bb += np.abs(lo)
+        bb *= 1 + 2.0**-51
     bound[~np.isfinite(y)] = np.inf
     return y, bound

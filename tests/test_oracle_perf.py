@@ -1,0 +1,169 @@
+"""Oracle performance paths: every fast path stays correctly rounded, bounded in memory and reproducible.
+
+Speed itself is measured by ``benchmarks/bench_oracle.py``, never asserted here.
+The "exact" method has two paths (Ozaki splitting onto BLAS, and a direct Numba
+Dot2 kernel); the default picks one by shape, so each is forced here on the
+shared Fraction-reference families (tests/test_oracle_reference.py), with tiny
+workspaces so that row and column tiling and every certification level run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+from test_oracle_reference import FAMILIES, N_GEOMETRIES, assert_bitwise_equal, make_case, reference_conv2d
+
+import refconv
+from refconv.oracle import exact as exact_mod
+from refconv.spec import prepare
+
+PATHS = ("gemm", "direct")
+
+
+def _run_exact(x, w, b, path, workspace_bytes=exact_mod.DEFAULT_WORKSPACE_BYTES, **geometry):
+    xf, wf, bf, spec = prepare(x, w, b, **geometry)
+    with np.errstate(all="ignore"):
+        y, stats = exact_mod.conv2d_exact_nhwc(
+            spec.x_to_nhwc(xf), spec.w_to_hwio(wf), bf, spec, workspace_bytes=workspace_bytes, path=path
+        )
+    return spec.y_from_nhwc(y), stats
+
+
+_LEVELS: dict[str, int] = {"refined_tiles": 0, "pair_checks": 0, "fallbacks": 0}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("gi", range(0, N_GEOMETRIES, 3))
+def test_each_exact_path_is_correctly_rounded(path, family, gi):
+    x, w, b, geometry = make_case(family, gi)
+    want = reference_conv2d(x, w, b, **geometry)
+    got, stats = _run_exact(x, w, b, path, workspace_bytes=4096, **geometry)
+    assert stats.path == path
+    for key in _LEVELS:
+        _LEVELS[key] += getattr(stats, key)
+    assert_bitwise_equal(got, want, f"path={path} family={family} geometry[{gi}]={geometry}")
+
+
+def test_gemm_path_reached_every_certification_level():
+    """Runs after the grid above (same module): the refinement, Dot2 re-check and integer fallback all ran."""
+    if not any(_LEVELS.values()):
+        pytest.skip("grid not run in this process (xdist split)")
+    for key, count in _LEVELS.items():
+        assert count > 0, f"no {key} in the whole family grid: that level is untested ({_LEVELS})"
+
+
+@pytest.mark.parametrize("weights", ["uniform", "normal"])
+def test_gemm_path_with_chunked_tail_matches_direct_and_mpmath(weights):
+    """K = 720 > 512 exercises the chunked tail GEMM; normal weights (cancellation) the two-digit level."""
+    rng = np.random.default_rng(3)
+    x = rng.random((2, 7, 9, 80))
+    w = rng.random((3, 3, 80, 24)) if weights == "uniform" else rng.standard_normal((3, 3, 80, 24))
+    b = rng.standard_normal(24)
+    geometry = dict(stride=(1, 2), padding="SAME")
+    gemm, st = _run_exact(x, w, b, "gemm", **geometry)
+    direct, _ = _run_exact(x, w, b, "direct", **geometry)
+    np.testing.assert_array_equal(gemm, direct, err_msg="the two correctly rounded paths disagree")
+    pts = refconv.conv2d_points(x, w, b, sample=40, seed=1, **geometry)
+    np.testing.assert_array_equal(gemm[tuple(pts.positions.T)], pts.values, err_msg="gemm path vs exact mpmath sums")
+    if weights == "normal":
+        assert st.refined_tiles > 0, f"cancellation should need the two-digit level: {st}"
+
+
+def test_column_and_row_tiling_give_identical_results():
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((1, 9, 9, 40)), rng.standard_normal((3, 3, 40, 48))
+    full, _ = _run_exact(x, w, None, "gemm", padding="SAME")
+    tiny, _ = _run_exact(x, w, None, "gemm", workspace_bytes=1, padding="SAME")
+    np.testing.assert_array_equal(tiny, full, err_msg="a one-row, one-channel tiling changed the result")
+
+
+def test_workspace_bounds_peak_memory():
+    """Peak allocation is inputs + output + the workspace (+ small per-row buffers), not the im2col size."""
+    rng = np.random.default_rng(5)
+    x, w = rng.random((1, 48, 48, 64)), rng.random((3, 3, 64, 64))
+    im2col = 48 * 48 * 9 * 64 * 8  # 10.6 MB: the fast path keeps ~5 arrays of this size without tiling
+    workspace = 2**20
+    refconv.conv2d(x[:, :8, :8], w, padding="SAME", workspace_bytes=workspace)  # compile outside the trace
+    tracemalloc.start()
+    try:
+        y = refconv.conv2d(x, w, padding="SAME", workspace_bytes=workspace)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    base = x.nbytes * 2 + w.nbytes * 2 + y.nbytes * 2  # padded copy of x, contiguous w, output and its layout copy
+    assert peak < base + 3 * workspace + 2**20, f"peak {peak} B vs base {base} B + workspace {workspace} B"
+    assert peak < im2col, "tiling did not bound the im2col buffers"
+
+
+def test_kahan_returns_dot2_not_plain_summation():
+    """Would catch fastmath (reassociation deletes the compensation): plain float sums get these wrong."""
+    x = np.array([2.0**53, 1.0, -(2.0**53), 1.0, 3.0, -3.0 * (1 + 2.0**-52), 1e-30]).reshape(1, 1, 7, 1)
+    w = np.array([1.0, 1.0, 1.0, 1.0, 1.0 + 2.0**-52, 1.0, 1.0]).reshape(1, 7, 1, 1)
+    plain = float(np.sum(x.ravel() * w.ravel()))
+    exact = refconv.conv2d(x, w)
+    kahan = refconv.conv2d_with_info(x, w, method="kahan")
+    assert plain != exact.item(), "test data must defeat plain summation"
+    np.testing.assert_array_equal(kahan.y, exact, err_msg="kahan lost the compensation (fastmath?)")
+    from refconv.oracle._kernels import kernels
+
+    for name in ("dot2_conv", "dot2_pairs"):
+        assert not getattr(kernels(), name).targetoptions.get("fastmath"), f"{name} compiled with fastmath"
+
+
+@pytest.mark.parametrize("cond", ["uniform", "cancelling"])
+def test_kahan_within_its_bound_and_bound_is_tight(cond):
+    rng = np.random.default_rng(6)
+    x, w, b = rng.random((2, 8, 8, 24)), rng.standard_normal((3, 3, 24, 20)), rng.standard_normal(20)
+    if cond == "cancelling":
+        x[..., 12:] = x[..., :12]
+        w[:, :, 12:] = -w[:, :, :12] * (1 + 2.0**-30)
+    exact = refconv.conv2d(x, w, b, padding="SAME")
+    res = refconv.conv2d_with_info(x, w, b, padding="SAME", method="kahan")
+    err = np.abs(res.y - exact)
+    assert np.all(err <= res.bound), f"kahan outside its bound at {np.argwhere(err > res.bound)[:3].tolist()}"
+    ulp = np.spacing(np.abs(exact))
+    assert np.all(res.bound <= 4 * ulp + 1e-300), "bound far looser than Dot2's (≈ one ulp here)"
+
+
+_DETERMINISM_SCRIPT = r"""
+import hashlib, json, numpy as np, refconv
+rng = np.random.default_rng(11)
+x, w, b = rng.standard_normal((2, 9, 11, 20)), rng.standard_normal((3, 3, 20, 32)), rng.random(32)
+xd, wd = rng.standard_normal((2, 9, 11, 8)), rng.standard_normal((3, 3, 1, 8))
+out = {}
+for m in sorted(refconv.METHODS):
+    if m == "mpmath":
+        continue
+    for name, args, kw in (("dense", (x, w, b), {}), ("depthwise", (xd, wd), {"groups": 8})):
+        r = refconv.conv2d_with_info(*args, method=m, stride=(1, 2), padding="SAME", **kw)
+        out[f"{m}-{name}"] = hashlib.sha256(r.y.tobytes() + r.bound.tobytes()).hexdigest()
+print(json.dumps(out))
+"""
+
+
+def test_bitwise_identical_across_thread_counts_and_runs():
+    runs = []
+    for threads in ("1", "2", "2"):
+        env = dict(os.environ, NUMBA_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
+        proc = subprocess.run([sys.executable, "-c", _DETERMINISM_SCRIPT], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert runs[0] == runs[1] == runs[2], f"results depend on the thread count or the run: {runs}"
+
+
+def test_direct_path_decides_all_zero_windows_without_fallback():
+    x = np.zeros((1, 6, 6, 4))
+    x[0, 0, 0] = 1.0
+    w = np.ones((3, 3, 1, 4))
+    y, stats = _run_exact(x, w, None, "direct", groups=4, padding="SAME")
+    np.testing.assert_array_equal(y[0, 0, 0], np.ones(4), err_msg="impulse lost")
+    assert stats.fallbacks == 0, f"all-zero windows went to the integer fallback: {stats}"
+    assert not np.signbit(y).any(), "exact zeros must be +0.0"

@@ -20,7 +20,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,9 +40,10 @@ __all__ = [
 DATA_FORMATS = ("NHWC", "NCHW")
 KERNEL_FORMATS = ("HWIO", "OIHW")
 PADDING_MODES = ("SAME", "SAME_LOWER", "VALID")
+_PADDING_FORMS = f"expected one of {', '.join(PADDING_MODES)}, an int, (ph, pw) or ((top, bottom), (left, right))"
 
-Pads = Tuple[Tuple[int, int], Tuple[int, int]]
-Padding = Union[str, int, Tuple[int, int], Pads]
+Pads = tuple[tuple[int, int], tuple[int, int]]
+Padding = str | int | tuple[int, int] | Pads
 
 
 def tf_same_padding(size: int, kernel: int, stride: int, dilation: int, *, lower: bool = False) -> tuple[int, int]:
@@ -63,11 +65,22 @@ def tf_same_padding(size: int, kernel: int, stride: int, dilation: int, *, lower
 def _pair(value: Any, name: str) -> tuple[int, int]:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return int(value), int(value)
-    if isinstance(value, Sequence) and len(value) == 2 and all(
+    if isinstance(value, (Sequence, np.ndarray)) and len(value) == 2 and all(
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
     ):
         return int(value[0]), int(value[1])
     raise ShapeError(f"{name}={value!r}: expected an int or an (h, w) pair of ints")
+
+
+def _normalize_padding(padding: Padding) -> Padding:
+    """The user's padding form with plain Python types: upper-case mode names, int tuples (hashable, JSON-able)."""
+    if isinstance(padding, str):
+        return padding.upper()
+    if _is_int(padding):
+        return int(padding)  # type: ignore[arg-type]
+    if all(_is_int(v) for v in padding):  # type: ignore[union-attr]
+        return int(padding[0]), int(padding[1])  # type: ignore[index]
+    return tuple((int(p[0]), int(p[1])) for p in padding)  # type: ignore[return-value, union-attr, index]
 
 
 def _is_int(v: Any) -> bool:
@@ -99,7 +112,7 @@ def resolve_padding(
             return tuple(  # type: ignore[return-value]
                 tf_same_padding(in_hw[a], kernel_hw[a], stride[a], dilation[a], lower=lower) for a in range(2)
             )
-        raise ShapeError(f"padding={padding!r}: expected one of {', '.join(PADDING_MODES)}, an int, (ph, pw) or ((top, bottom), (left, right))")
+        raise ShapeError(f"padding={padding!r}: {_PADDING_FORMS}")
     if _is_int(padding):
         p = int(padding)  # type: ignore[arg-type]
         pads: Pads = ((p, p), (p, p))
@@ -113,7 +126,7 @@ def resolve_padding(
         pads = tuple((int(p[0]), int(p[1])) for p in padding)  # type: ignore[assignment, union-attr, index]
     else:
         raise ShapeError(
-            f"padding={padding!r}: expected one of {', '.join(PADDING_MODES)}, an int, (ph, pw) or ((top, bottom), (left, right))"
+            f"padding={padding!r}: {_PADDING_FORMS}"
         )
     if any(v < 0 for p in pads for v in p):
         raise ShapeError(f"padding={padding!r}: pads must be non-negative, got {pads}")
@@ -158,7 +171,9 @@ def as_float64(a: Any, name: str) -> np.ndarray:
         if arr.size and int(np.max(np.abs(arr.astype(object) if dt.itemsize >= 8 else arr))) > 2**53:
             big = arr.astype(object)
             if any(int(v) != int(f) for v, f in zip(big.ravel(), out.ravel())):
-                raise DTypeError(f"{name}.dtype={dt}: integers above 2**53 in magnitude do not convert to float64 exactly")
+                raise DTypeError(
+                    f"{name}.dtype={dt}: integers above 2**53 in magnitude do not convert to float64 exactly"
+                )
         return out
     if dt.kind == "V" and dt.itemsize == 2 and dt.name in ("bfloat16",):
         return arr.astype(np.float32).astype(np.float64)
@@ -207,7 +222,7 @@ class ConvSpec:
         groups: int = 1,
         data_format: str = "NHWC",
         kernel_format: str | None = None,
-    ) -> "ConvSpec":
+    ) -> ConvSpec:
         """Validate shapes and geometry; raise :class:`ShapeError` naming every value."""
         xs, ws = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
         ctx = f"x.shape={xs} w.shape={ws}"
@@ -245,6 +260,7 @@ class ConvSpec:
         if b_shape is not None and tuple(b_shape) != (o,):
             raise ShapeError(f"{ctx} b.shape={tuple(b_shape)}: bias must have shape (O,) = ({o},)")
         pads = resolve_padding(padding, (h, w), (kh, kw), st, dl)
+        padding = _normalize_padding(padding)
         spec = cls(xs, ws, b_shape is not None, st, dl, groups, padding, pads, data_format, kernel_format)  # type: ignore[arg-type]
         oh, ow = spec.out_hw
         if oh <= 0 or ow <= 0:
@@ -256,7 +272,7 @@ class ConvSpec:
         return spec
 
     @classmethod
-    def from_arrays(cls, x: Any, w: Any, b: Any = None, **geometry: Any) -> "ConvSpec":
+    def from_arrays(cls, x: Any, w: Any, b: Any = None, **geometry: Any) -> ConvSpec:
         """Like :meth:`from_shapes`, reading the shapes of array-likes."""
         shape = lambda a: np.shape(a) if not hasattr(a, "shape") else tuple(a.shape)  # noqa: E731
         return cls.from_shapes(shape(x), shape(w), None if b is None else shape(b), **geometry)
@@ -310,27 +326,47 @@ class ConvSpec:
         return self.KH * self.KW * (self.C // self.groups)
 
     # ---- derived specs and layout helpers ----------------------------
-    def replace(self, **changes: Any) -> "ConvSpec":
-        """A re-validated spec with some geometry changed (shapes are kept).
+    def replace(self, **changes: Any) -> ConvSpec:
+        """A re-validated spec with some geometry changed; everything not named is kept.
 
-        >>> s = ConvSpec.from_shapes((1, 5, 5, 1), (3, 3, 1, 1), padding="SAME")
-        >>> s.replace(padding="VALID").output_shape
-        (1, 3, 3, 1)
+        Padding keeps its *form*: a "SAME" spec stays "SAME" and is re-resolved for
+        a new stride, dilation or shape (pass ``padding=`` or ``pads=`` to change
+        it). Changing ``data_format`` or ``kernel_format`` without new shapes
+        describes the same convolution in the other layout (shapes are permuted).
+
+        >>> s = ConvSpec.from_shapes((1, 6, 6, 1), (3, 3, 1, 1), padding="SAME")
+        >>> s.replace(padding="VALID").output_shape, s.replace(stride=2).pads
+        ((1, 4, 4, 1), ((0, 1), (0, 1)))
+        >>> s.replace(data_format="NCHW").x_shape
+        (1, 1, 6, 6)
         """
-        kw = dict(
+        if "pads" in changes:
+            if "padding" in changes:
+                raise ShapeError("replace: give padding= or pads=, not both")
+            changes["padding"] = changes.pop("pads")
+        kw: dict[str, Any] = dict(
             stride=self.stride,
-            padding=self.pads,
+            padding=self.padding,
             dilation=self.dilation,
             groups=self.groups,
             data_format=self.data_format,
             kernel_format=self.kernel_format,
         )
-        if "padding" not in changes and "pads" in changes:
-            changes["padding"] = changes.pop("pads")
+        unknown = set(changes) - set(kw) - {"x_shape", "w_shape", "has_bias"}
+        if unknown:
+            valid = sorted([*kw, "has_bias", "pads", "w_shape", "x_shape"])
+            raise ShapeError(f"replace: unknown field(s) {sorted(unknown)}; valid: {valid}")
         kw.update(changes)
-        x_shape = kw.pop("x_shape", self.x_shape)
-        w_shape = kw.pop("w_shape", self.w_shape)
-        return ConvSpec.from_shapes(x_shape, w_shape, (self.O,) if self.has_bias else None, **kw)
+        x_shape, w_shape = kw.pop("x_shape", None), kw.pop("w_shape", None)
+        has_bias = kw.pop("has_bias", self.has_bias)
+        if x_shape is None:
+            n, h, w, c = self.N, self.H, self.W, self.C
+            x_shape = (n, h, w, c) if str(kw["data_format"]).upper() == "NHWC" else (n, c, h, w)
+        if w_shape is None:
+            kh, kw_, ci, o = self.KH, self.KW, self.C // self.groups, self.O
+            w_shape = (kh, kw_, ci, o) if str(kw["kernel_format"]).upper() == "HWIO" else (o, ci, kh, kw_)
+        o_new = w_shape[3] if str(kw["kernel_format"]).upper() == "HWIO" else w_shape[0]
+        return ConvSpec.from_shapes(x_shape, w_shape, (o_new,) if has_bias else None, **kw)
 
     def x_to_nhwc(self, x: np.ndarray) -> np.ndarray:
         return x if self.data_format == "NHWC" else x.transpose(0, 2, 3, 1)

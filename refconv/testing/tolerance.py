@@ -154,11 +154,13 @@ def tolerance_nhwc(
     bound: str = "deterministic",
     exact_nhwc: np.ndarray | None = None,
     input_rounding: bool = True,
+    output: str | None = None,
 ) -> Tolerance:
     """Tolerance for float64 NHWC ``x``/HWIO ``w`` (the core of :func:`conv2d_tolerance`).
 
     ``input_rounding=False`` drops the input-rounding term (for inputs already
-    rounded by the caller, as the diagnosis of precision faults does).
+    rounded by the caller, as the diagnosis of precision faults does);
+    ``output`` overrides the output format of the precision model.
 
     >>> s = ConvSpec.from_shapes((1, 2, 2, 1), (2, 2, 1, 1))
     >>> float(tolerance_nhwc(np.ones((1, 2, 2, 1)), np.ones((2, 2, 1, 1)), None, s).tol_nhwc[0, 0, 0, 0]) > 0
@@ -169,7 +171,7 @@ def tolerance_nhwc(
 
     model = get_precision(precision)
     acc = get_format(accumulation if accumulation is not None else model.accumulation)
-    fin, fout = get_format(model.inputs), get_format(model.output)
+    fin, fout = get_format(model.inputs), get_format(output if output is not None else model.output)
     if bound not in BOUNDS:
         raise unknown_name("bound", bound, tuple(BOUNDS))
     n = spec.n_terms

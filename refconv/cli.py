@@ -87,7 +87,7 @@ def make_inputs(
     >>> x, w, b = make_inputs((1, 4, 4, 2), (3, 3, 2, 5), (5,), data="integers", seed=1)
     >>> x.shape, w.dtype, b.shape, bool(np.all(x == np.round(x)))
     ((1, 4, 4, 2), dtype('float64'), (5,), True)
-    >>> make_inputs((1, 1, 1, 1), (1, 1, 1, 1), None, data="bogus")
+    >>> make_inputs((1, 1, 1, 1), (1, 1, 1, 1), None, data="bogus")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     refconv.errors.UnknownNameError: unknown data 'bogus'; valid choices: 'uniform', 'normal', 'signed', ...
     """
@@ -269,9 +269,9 @@ def _compare(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: dict[
         for req in requests:
             task.advance(f"running {_request_label(req)}")
             runs.append(_execute(req, x, w, b, geometry))
-        att_task = step(f"attributing {len(runs)} run(s) against the {args.method} oracle", total=1)
+        att_task = step(f"attributing {len(runs)} run(s) against the exact oracle", total=1)
         t0 = time.perf_counter()
-        report = explain(x, w, b, **geometry, runs=runs, **({"method": args.method} if args.method != "exact" else {}))
+        report = explain(x, w, b, **geometry, runs=runs)
         att_task.advance()
     report.environment.setdefault("refconv_elapsed_s", {})
     report.environment["refconv_elapsed_s"]["explain"] = time.perf_counter() - t0
@@ -329,16 +329,20 @@ def _load_inputs(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         return z["x"], z["w"], (z["b"] if "b" in z.files else None)
 
 
-def frameworks_document() -> list[dict[str, Any]]:
+def frameworks_document(infos: Any = None) -> list[dict[str, Any]]:
     """What ``refconv frameworks --json`` prints: every registered framework, installed or not, with its
     version, devices (name, dtypes) and the precision knobs of each device.
 
-    >>> isinstance(frameworks_document(), list)  # doctest: +SKIP
-    True
+    ``infos`` defaults to ``refconv.frameworks.available(include_missing=True)``
+    (which imports every installed framework).
+
+    >>> from refconv.frameworks import FrameworkInfo
+    >>> frameworks_document([FrameworkInfo("torch", False, extra="torch")])[0]["install"]
+    'pip install "refconv[torch]"'
     """
     fw = _frameworks()
     out = []
-    for info in fw.available(include_missing=True):
+    for info in fw.available(include_missing=True) if infos is None else infos:
         d = info.to_dict()
         for dev in d["devices"]:
             dev["precision_knobs"] = fw.precision_knobs(info.name, dev["device"]).get(info.name, {})
@@ -394,17 +398,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def seed_runs(available: Any = None) -> list[str]:
     """Run labels of the seed example: torch float64 and TensorFlow float32 on the CPU and on every GPU.
 
-    ``available`` is :func:`refconv.frameworks.available`'s list (queried when None).
+    ``available`` is a list like :func:`refconv.frameworks.available`'s; when None,
+    only the torch and TensorFlow adapters are queried (JAX and ONNX Runtime are
+    not imported).
 
     >>> from refconv.frameworks import DeviceInfo, FrameworkInfo
     >>> seed_runs([FrameworkInfo("torch", True, "2", [DeviceInfo("cpu", "x"), DeviceInfo("cuda:0", "H200")])])
     ['torch:cpu:float64', 'tensorflow:cpu:float32', 'torch:cuda:0:float64']
     """
+    wanted = (("torch", "float64"), ("tensorflow", "float32"))
     if available is None:
-        available = _frameworks().available()
-    out = ["torch:cpu:float64", "tensorflow:cpu:float32"]
+        available = []
+        fw = _frameworks()
+        for name, _ in wanted:
+            adapter = fw.get_adapter(name)
+            if not adapter.is_installed():
+                continue  # the CPU run then fails with the extra to install
+            try:
+                adapter.load()
+                available.append(fw.FrameworkInfo(name, True, adapter.version(), adapter.devices()))
+            except Exception:  # noqa: BLE001 - a broken install shows up as a failed CPU run
+                continue
+    out = [f"{name}:cpu:{dtype}" for name, dtype in wanted]
     infos = {i.name: i for i in available}
-    for name, dtype in (("torch", "float64"), ("tensorflow", "float32")):
+    for name, dtype in wanted:
         for dev in getattr(infos.get(name), "devices", []):
             if dev.device != "cpu":
                 out.append(f"{name}:{dev.device}:{dtype}")
@@ -460,7 +477,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     dtype = args.dtype or str(y.dtype)
     with _progress(_show_progress(args)) as step:
         task = step("attributing", total=1)
-        att = attribute(y, x, w, b, **geometry, **({"dtype": args.dtype} if args.dtype else {}))
+        att = attribute(y, x, w, b, **geometry, label=args.name, **({"dtype": args.dtype} if args.dtype else {}))
         task.advance()
     run = FrameworkRun(args.name, "", "unknown", "unknown", dtype, "default", as_float64(y, "y"), spec=spec,
                        output_dtype=str(y.dtype))
@@ -510,9 +527,6 @@ def _add_runs(p: argparse.ArgumentParser, default_help: str) -> None:
     p.add_argument("--runs", default=None, metavar="LIST",
                    help="comma-separated framework:device:dtype[:math], e.g. torch:cpu:float64,tensorflow:cpu:float32 "
                         f"({default_help})")
-    from .oracle import METHODS
-
-    p.add_argument("--method", default="exact", choices=list(METHODS), help="oracle method (default exact)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -559,7 +573,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="precision the output was computed in (default: y's dtype)")
     p.add_argument("--name", default="user", help="name of the run in the report (default user)")
     _add_conv_geometry(p, shapes=False)
-    p.add_argument("--method", default="exact", help=argparse.SUPPRESS)
     _add_output(p)
     p.set_defaults(func=cmd_check)
     return parser
@@ -575,11 +588,14 @@ def _fill_defaults(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``refconv`` and ``python -m refconv``; returns the exit status.
 
-    >>> main(["example", "nope"])  # doctest: +SKIP
+    >>> main(["example", "nope"])
     2
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     debug = bool(getattr(args, "debug", False))
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)

@@ -224,7 +224,7 @@ def error_scatter_png(att: Any, *, unit_roundoff: float | None = None, seed: int
 
 
 def pair_distributions_png(att_a: Any, att_b: Any, *, statement: str | None = None) -> bytes:
-    """PNG of two runs' signed error distributions side by side (shared x axis), plus log10|error|.
+    """PNG of two runs' signed error distributions side by side (each on its own scale), plus both on log10|error|.
 
     >>> import numpy as np; from types import SimpleNamespace
     >>> a = SimpleNamespace(label="a", error=np.linspace(-1e-3, 1e-3, 50))
@@ -236,14 +236,14 @@ def pair_distributions_png(att_a: Any, att_b: Any, *, statement: str | None = No
     ea = np.asarray(att_a.error, dtype=np.float64).ravel()
     eb = np.asarray(att_b.error, dtype=np.float64).ravel()
     ea, eb = ea[np.isfinite(ea)], eb[np.isfinite(eb)]
-    lim = max(float(np.abs(ea).max(initial=0.0)), float(np.abs(eb).max(initial=0.0))) or 1.0
-    bins = np.linspace(-lim * 1.05, lim * 1.05, 81)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
     for ax, e, att, color in ((axes[0], ea, att_a, "tab:blue"), (axes[1], eb, att_b, "tab:green")):
-        ax.hist(e, bins=bins, color=color, alpha=0.85)
+        lim = float(np.abs(e).max(initial=0.0)) or 1.0
+        ax.hist(e, bins=np.linspace(-lim * 1.05, lim * 1.05, 61), color=color, alpha=0.85)
         ax.set_yscale("log")
         ax.set_title(f"{att.label}\nmax |error| {np.abs(e).max(initial=0.0):.3g}", fontsize=8)
-        ax.set_xlabel("y − exact")
+        ax.set_xlabel("y − exact (own scale)")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
     axes[0].set_ylabel("elements")
     ax = axes[2]
     for e, att, color in ((ea, att_a, "tab:blue"), (eb, att_b, "tab:green")):

@@ -183,8 +183,8 @@ def test_nchw_layouts_and_requested_dtype_on_float64_arrays():
     x, w, b = rng.random((2, 6, 10, 10)), rng.random((4, 6, 3, 3)), rng.random(4)
     geo = dict(stride=2, padding="SAME", data_format="NCHW")
     y32 = refconv.conv2d(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32), **geo)
-    y = torch.nn.functional.conv2d(torch.from_numpy(x).float(), torch.from_numpy(w).float(), torch.from_numpy(b).float(),
-                                   stride=2, padding=((1, 1))).double().numpy()
+    xt, wt, bt = (torch.from_numpy(a).float() for a in (x, w, b))
+    y = F.conv2d(xt, wt, bt, stride=2, padding=1).double().numpy()
     a = attribute(y32.astype(np.float32).astype(np.float64), x, w, b, dtype="float32", **geo)
     check(a, ("float32", None, "ok"), "exactly rounded float32 given as float64")
     assert a.output_dtype == "float32", a.output_dtype

@@ -244,9 +244,11 @@ def generate(
     """
     up = spec.padding if user_padding is None else user_padding
     seen: set[tuple] = set()
+    alive = []  # keep every array alive so that id() keys stay unique
     for gen in HYPOTHESES.values():
         for h in gen(spec, x, w, b, up):
             s = h.spec
+            alive.append(h)
             key = (s.w_shape, s.stride, s.pads, s.dilation, s.has_bias, id(h.w), None if h.b is None else id(h.b))
             if key not in seen:
                 seen.add(key)

@@ -31,7 +31,6 @@ from refconv.errors import ShapeError, UnknownNameError
 from refconv.frameworks.base import FrameworkRun
 from refconv.spec import ConvSpec
 
-
 # ---------------------------------------------------------------------------------------------
 # number grids
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import mpmath
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from test_oracle_reference import (
     cancelling_values,
     family_values,
     make_case,
+    reference_conv2d,
 )
 
 import refconv
@@ -50,7 +53,7 @@ def test_kahan_bound_is_tight_enough_to_be_useful():
     for i, (x, w) in enumerate(cases):
         res = refconv.conv2d_with_info(x, w, method="kahan", padding="SAME")
         spec = ConvSpec.from_shapes(x.shape, w.shape, padding="SAME")
-        n = spec.n_terms
+        n = spec.n_terms + 1  # the bias slot may be counted even without a bias
         gamma = n * U64 / (1 - n * U64)
         dot2 = U64 * np.abs(res.y) + gamma**2 * float_conv_nhwc(np.abs(x), np.abs(w), spec)
         np.testing.assert_array_less(res.bound, 1.01 * dot2 + 1e-300, err_msg=f"case {i}: bound looser than Dot2's")
@@ -121,20 +124,29 @@ def _near_midpoint(values, floats) -> np.ndarray:
     return out
 
 
-def test_conv2d_points_mpf_precision_and_layouts():
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("dps", [20, 40, 60])
+def test_conv2d_points_mpf_values_are_the_exact_sum_rounded_once(dps):
+    """mpf results: at most prec = ⌈dps·log2(10)⌉+1 bits, within half an ulp at prec of the exact sum (Fraction)."""
+    rng = np.random.default_rng(dps)
     x, w = rng.standard_normal((2, 3, 5, 6)), rng.standard_normal((4, 3, 3, 2))  # NCHW, OIHW
+    x[0, 0] *= 2.0**80  # cancellation and wide exponents, so the exact sums need many bits
     geometry = dict(data_format="NCHW", padding="SAME", stride=(1, 2))
-    exact = refconv.conv2d(x, w, **geometry)
-    positions = [(1, 3, 2, 0), (0, 0, 0, 2), (1, 2, 4, 1)]
-    p = refconv.conv2d_points(x, w, positions=positions, dps=60, **geometry)
+    exact = reference_conv2d(x, w, rounded=False, **geometry)
+    positions = [(1, 3, 2, 0), (0, 0, 0, 2), (1, 2, 4, 1), (0, 1, 1, 1)]
+    p = refconv.conv2d_points(x, w, positions=positions, dps=dps, **geometry)
     np.testing.assert_array_equal(p.positions, positions)
+    prec = int(np.ceil(dps * np.log2(10))) + 1
     for pos, v in zip(positions, p.values):
-        assert abs(v - mpmath.mpf(float(exact[pos]))) <= abs(mpmath.mpf(float(np.spacing(exact[pos])))), pos
-    digits = [len(mpmath.nstr(v, 80, strip_zeros=False).replace("-", "").replace(".", "").split("e")[0])
-              for v in p.values]
-    assert min(digits) >= 60, f"dps=60 values carry too few digits: {digits}"
-    assert p.to_dict()["dps"] == 60 and len(p.to_dict()["values"]) == 3
+        sign, man, exp, bc = v._mpf_
+        assert bc <= prec, f"{pos}: {bc} bits at dps={dps} (prec {prec})"
+        q = exact[pos]
+        got = Fraction(man * (-1 if sign else 1)) * Fraction(2) ** exp
+        assert abs(got - q) <= abs(q) * Fraction(1, 2**prec), f"{pos}: not the exact sum rounded to {prec} bits"
+    d = p.to_dict()
+    assert d["dps"] == dps and len(d["values"]) == len(positions)
+    with mpmath.workdps(dps + 10):  # the JSON strings carry all dps digits
+        for s_, v in zip(d["values"], p.values):
+            assert abs(mpmath.mpf(s_) - v) <= abs(v) * mpmath.mpf(10) ** (1 - dps), (s_, v)
 
 
 def test_conv2d_points_reject_bad_positions():

@@ -41,8 +41,8 @@ def exact_term(xv: float, wv: float):
     return Fraction(xv) * Fraction(wv)
 
 
-def exact_sum(terms) -> float:
-    """Exact-arithmetic sum of terms (Fractions and special markers), rounded once."""
+def exact_sum(terms, rounded: bool = True):
+    """Exact-arithmetic sum of terms (Fractions and special markers), rounded once (or the Fraction itself)."""
     total = Fraction(0)
     specials = set()
     for t in terms:
@@ -54,7 +54,7 @@ def exact_sum(terms) -> float:
         return math.nan
     if specials:
         return math.inf if "+inf" in specials else -math.inf
-    return round_fraction(total)
+    return round_fraction(total) if rounded else total
 
 
 # ---------------------------------------------------------------- geometry ----
@@ -97,9 +97,12 @@ def to_python_floats(a) -> np.ndarray:
 
 
 def reference_conv2d(
-    x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, data_format="NHWC", kernel_format=None
+    x, w, b=None, *, stride=1, padding="VALID", dilation=1, groups=1, data_format="NHWC", kernel_format=None,
+    rounded: bool = True,
 ) -> np.ndarray:
     """Correctly rounded 2-D cross-correlation by definition, as a float64 array in data_format.
+
+    ``rounded=False`` returns the exact sums instead (object array of Fractions, or ±inf/NaN floats).
 
     y[n, i, j, o] = b[o] + Σ_{a, c, k} x[n, i·sh + a·dh − top, j·sw + c·dw − left, g·Cg + k] · w[a, c, k, o]
     over the taps that land inside the input (padding taps are absent terms, not zeros).
@@ -117,7 +120,7 @@ def reference_conv2d(
     oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
     ow = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
     og = o // groups
-    y = np.empty((n_, oh, ow, o), dtype=np.float64)
+    y = np.empty((n_, oh, ow, o), dtype=np.float64 if rounded else object)
     for n, i, j, oc in itertools.product(range(n_), range(oh), range(ow), range(o)):
         g = oc // og
         terms = [] if bo is None else [exact_term(bo[oc], 1.0)]
@@ -131,7 +134,7 @@ def reference_conv2d(
                     continue
                 for k in range(cg):
                     terms.append(exact_term(xc[n, r, col, g * cg + k], wc[a, cc, k, oc]))
-        y[n, i, j, oc] = exact_sum(terms)
+        y[n, i, j, oc] = exact_sum(terms, rounded)
     return y if data_format == "NHWC" else y.transpose(0, 3, 1, 2)
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy_im2col import conv2d_im2col_f32
 
 from refconv.testing import assert_conv2d_close
-
-from numpy_im2col import conv2d_im2col_f32
 
 
 def conv2d_no_bias(x, w, b, spec):

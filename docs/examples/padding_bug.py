@@ -8,11 +8,10 @@ the two agree, so the bug hides; at stride 2 on even sizes it shows.
 from __future__ import annotations
 
 import numpy as np
+from numpy_im2col import conv2d_im2col_f32
 
 from refconv.spec import tf_same_padding
 from refconv.testing import assert_conv2d_close
-
-from numpy_im2col import conv2d_im2col_f32
 
 
 def conv2d_same_buggy(x, w, b, spec):

@@ -208,6 +208,8 @@ def test_available_and_knobs(framework):
     info = fw.available([framework])[0]
     assert info.version and info.devices[0].device == "cpu", info
     assert "float32" in info.devices[0].dtypes, info.devices[0]
+    probed = fw.available([framework], probe=True)[0].devices[0].dtypes
+    assert probed == info.devices[0].dtypes, f"{framework}: dtype table {info.devices[0].dtypes}, probed {probed}"
     knobs = fw.precision_knobs(framework)[framework]
     assert knobs and "env.NVIDIA_TF32_OVERRIDE" in knobs, knobs
     json.dumps(info.to_dict())

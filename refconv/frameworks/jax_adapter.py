@@ -35,7 +35,13 @@ from ._adapter import (
 
 
 class JaxAdapter(Adapter):
-    """JAX through ``lax.conv_general_dilated`` (see the module docstring for the translation)."""
+    """JAX through ``lax.conv_general_dilated`` (see the module docstring for the translation).
+
+    ``preferred_element_type`` (a dtype name) is passed to ``conv_general_dilated``.
+
+    >>> JaxAdapter().options
+    ('preferred_element_type',)
+    """
 
     name = "jax"
     module = "jax"

@@ -51,7 +51,14 @@ _ORT_LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "OR
 
 
 class OnnxRuntimeAdapter(Adapter):
-    """ONNX Runtime through a one-node Conv model (see the module docstring for the translation)."""
+    """ONNX Runtime through a one-node Conv model (see the module docstring for the translation).
+
+    Options: ``opset`` (default 22), ``graph_optimization_level`` (an ``ORT_*`` name),
+    ``auto_pad`` (False forces explicit ``pads``).
+
+    >>> OnnxRuntimeAdapter().dtypes("cpu")
+    ('float32', 'float16')
+    """
 
     name = "onnxruntime"
     module = "onnxruntime"

@@ -26,7 +26,11 @@ __all__ = ["FRAMEWORKS", "DuplicateNameError", "register", "unregister", "get_ad
 
 
 class DuplicateNameError(RefconvError, ValueError):
-    """A registry name is already taken (register it under another name, or unregister it first)."""
+    """A registry name is already taken (register it under another name, or unregister it first).
+
+    >>> issubclass(DuplicateNameError, ValueError)
+    True
+    """
 
 
 def _builtin(module: str) -> Callable[[], Adapter]:

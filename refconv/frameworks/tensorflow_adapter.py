@@ -50,7 +50,13 @@ from ._adapter import (
 
 
 class TensorFlowAdapter(Adapter):
-    """TensorFlow through ``tf.nn`` ops (see the module docstring for the translation)."""
+    """TensorFlow through ``tf.nn`` ops (see the module docstring for the translation).
+
+    ``grouped="split"`` forces one conv per group (concatenated) instead of TF's native grouped conv.
+
+    >>> TensorFlowAdapter().options
+    ('grouped',)
+    """
 
     name = "tensorflow"
     module = "tensorflow"

@@ -57,7 +57,11 @@ def _has_new_api(torch: Any) -> bool:
 
 
 class TorchAdapter(Adapter):
-    """PyTorch through ``F.conv2d`` (see the module docstring for the translation)."""
+    """PyTorch through ``F.conv2d`` (see the module docstring for the translation).
+
+    >>> TorchAdapter().options
+    ('channels_last',)
+    """
 
     name = "torch"
     module = "torch"

@@ -134,26 +134,37 @@ class Sample:
         return w if self.full else np.ascontiguousarray(w[..., self.ch])
 
     def conv(
-        self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec, w_subset: bool = False
-    ) -> np.ndarray:
-        """float64 conv at the sampled elements (the whole conv for a full sample)."""
+        self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec, w_subset: bool = False,
+        magnitude: bool = False,
+    ) -> Any:
+        """float64 conv at the sampled elements (the whole conv for a full sample); with ``magnitude=True``
+        returns (conv, Σ|x·w| + |b|) from one gather of the input windows."""
         if self.full:
-            return _float_conv(x, w, b, spec)
+            y = _float_conv(x, w, b, spec)
+            return (y, _magnitude(x, w, b, spec)) if magnitude else y
         from ..oracle._im2col import pad_nhwc, window_view
 
         n, oh, ow = self.pos  # type: ignore[misc]
         ch = self.ch
         og, cg, k = spec.O // spec.groups, spec.C // spec.groups, spec.n_terms
         out = np.empty((len(n), len(ch)))
+        mag = np.empty_like(out) if magnitude else None
         xp = pad_nhwc(x, spec)
         groups = ch // og
         with np.errstate(invalid="ignore", over="ignore"):
             for g in np.unique(groups):
                 cols = np.flatnonzero(groups == g)
                 rows = window_view(xp[..., g * cg:(g + 1) * cg], spec)[n, oh, ow].reshape(len(n), k)
-                wc = w[..., cols] if w_subset else w[..., ch[cols]]
-                out[:, cols] = rows @ wc.reshape(k, -1)
-            return out if b is None else out + b[ch]
+                wc = (w[..., cols] if w_subset else w[..., ch[cols]]).reshape(k, -1)
+                out[:, cols] = rows @ wc
+                if mag is not None:
+                    mag[:, cols] = np.abs(rows) @ np.abs(wc)
+            if b is not None:
+                out += b[ch]
+            if mag is None:
+                return out
+            mag *= 1 + 2.0**-40
+            return out, (mag if b is None else mag + np.abs(b[ch]))
 
 
 @dataclasses.dataclass
@@ -253,8 +264,7 @@ class Problem:
         """(float64 conv, Σ|x·w| + |b|) of a hypothesis at the sample, cached."""
         key = ("screen", h.key, sample.key)
         if key not in self._cache:
-            mag = sample.conv(np.abs(h.x), np.abs(h.w), None if h.b is None else np.abs(h.b), h.spec)
-            self._cache[key] = (sample.conv(h.x, h.w, h.b, h.spec), mag * (1 + 2.0**-40))
+            self._cache[key] = sample.conv(h.x, h.w, h.b, h.spec, magnitude=True)
         return self._cache[key]
 
     def magnitude_for(self, inputs: _Inputs, spec: ConvSpec, sample: Sample | None) -> np.ndarray:
@@ -266,9 +276,7 @@ class Problem:
             if sample is None:
                 self._cache[key] = _magnitude(inputs.x, inputs.w, inputs.b, spec)
             else:
-                ab = None if inputs.b is None else np.abs(inputs.b)
-                m = sample.conv(np.abs(inputs.x), np.abs(inputs.w), ab, spec)
-                self._cache[key] = m * (1 + 2.0**-40)
+                self._cache[key] = sample.conv(inputs.x, inputs.w, inputs.b, spec, magnitude=True)[1]
         return self._cache[key]
 
     def rounded(
@@ -663,12 +671,26 @@ def _requested_and_output(y: Any, dtype: str | None, run: Any) -> tuple[str, str
         if req_label is None:
             raise unknown_name("dtype", req, LABEL_ORDER)
     else:
-        req_label = out_name or "float64"
+        req_label = out_name or _grid_of(arr)
     if out_name is None:
         # a float64 array: it sits on the requested grid if the run rounded its output there
         want = "float32" if req_label == "tf32" else req_label
         out_name = next((f for f in (want, "float32") if on_grid(arr, f)), "float64")
     return req_label, out_name, arr
+
+
+def _grid_of(arr: np.ndarray) -> str:
+    """The format a float64 array was evidently rounded to: the coarsest of bfloat16, float16, float32 whose grid
+    holds every value while some value needs its full precision (so small-integer data stays "float64")."""
+    fin = arr[np.isfinite(arr)].ravel()
+    if fin.size < 16 or (np.all(fin == np.round(fin)) and np.max(np.abs(fin)) < 2.0**24):
+        return "float64"  # too few values, or integer data (exact in every format)
+    for name in ("bfloat16", "float16", "float32"):
+        f = FORMATS[name]
+        coarser = dataclasses.replace(f, name=f"{name}-1", precision=f.precision - 1)
+        if on_grid(fin, f) and not on_grid(fin, coarser):
+            return name
+    return "float64"
 
 
 def _positions(flat_idx: np.ndarray, spec: ConvSpec, cshape: tuple[int, ...]) -> list[list[int]]:
@@ -703,7 +725,8 @@ def attribute(
     meant; the geometry keywords are those of :func:`refconv.conv2d`
     (cross-correlation; NHWC/HWIO by default). ``dtype`` is the precision that was
     requested ("float64", "float32", "tf32", "bfloat16", "float16"); it defaults
-    to y's dtype. ``inputs_seen`` ({"x", "w", "b"}, caller's layouts) are the
+    to y's dtype (for a float64 array: the float32/float16/bfloat16 grid its values
+    evidently sit on, else float64). ``inputs_seen`` ({"x", "w", "b"}, caller's layouts) are the
     inputs after the framework's casts; the input-cast error is measured against
     them and the precision models round them. ``problem`` reuses a
     :class:`Problem` (oracle and caches) across runs of the same conv.

@@ -134,3 +134,27 @@ def test_nonfinite_semantics_named_cases():
     for xs, ws, want in cases:
         y = refconv.conv2d(np.array(xs).reshape(1, 1, 2, 1), np.array(ws).reshape(1, 2, 1, 1))
         np.testing.assert_array_equal(y.ravel(), [want], err_msg=f"x={xs} w={ws}")
+
+
+@pytest.mark.parametrize("method", sorted(refconv.METHODS))
+def test_unusual_memory_layouts_give_identical_results(method):
+    """Read-only, broadcast (zero-stride), reversed, Fortran-ordered and big-endian inputs."""
+    rng = np.random.default_rng(12)
+    x, w, b = rng.standard_normal((2, 6, 7, 4)), rng.standard_normal((3, 2, 2, 6)), rng.standard_normal(6)
+    geometry = dict(padding="SAME", stride=(2, 1), groups=2)
+    want = refconv.conv2d(np.ascontiguousarray(x), np.ascontiguousarray(w), b, method=method, **geometry)
+    ro = x.copy()
+    ro.setflags(write=False)
+    variants = {
+        "read-only": (ro, w, b),
+        "fortran": (np.asfortranarray(x), np.asfortranarray(w), b),
+        "reversed views": (x[::-1, ::-1][::-1, ::-1], w[:, ::-1][:, ::-1], b[::-1][::-1]),
+        "big-endian": (x.astype(">f8"), w.astype(">f8"), b.astype(">f8")),
+        "strided": (np.repeat(x, 2, axis=3)[..., ::2], w, b),
+    }
+    for name, (xv, wv, bv) in variants.items():
+        assert_bitwise_equal(refconv.conv2d(xv, wv, bv, method=method, **geometry), want, f"{method}: {name}")
+    # zero-stride broadcast input: every pixel equal
+    xb = np.broadcast_to(np.arange(4.0), (1, 5, 5, 4))
+    yb = refconv.conv2d(xb, w, method=method, groups=2)
+    assert_bitwise_equal(yb, refconv.conv2d(np.array(xb), w, method=method, groups=2), f"{method}: broadcast input")

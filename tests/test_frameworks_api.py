@@ -349,3 +349,15 @@ def test_torch_asymmetric_pads_use_f_pad_and_channels_last_option():
     np.testing.assert_allclose(
         asym.output, refconv.conv2d(X, W, stride=2, padding="SAME"), rtol=0, atol=1e-13, err_msg="channels_last run"
     )
+
+
+def test_tensorflow_grouped_native_and_split_agree():
+    _installed("tensorflow")
+    w = RNG.uniform(-1, 1, (3, 2, 2, 4))
+    native = fw.run("tensorflow", X, w, groups=2, padding="SAME", dtype="float64")
+    split = fw.run("tensorflow", X, w, groups=2, padding="SAME", dtype="float64", grouped="split")
+    assert native.ok and any("native grouped" in n for n in native.notes), (native.error, native.notes)
+    assert split.ok and any("one tf.nn.conv2d per group" in n for n in split.notes), (split.error, split.notes)
+    exact = refconv.conv2d(X, w, groups=2, padding="SAME")
+    for run in (native, split):
+        np.testing.assert_allclose(run.output, exact, rtol=0, atol=1e-14, err_msg=f"{run.label} {run.notes}")

@@ -191,7 +191,9 @@ class TensorFlowAdapter(Adapter):
             return tf.nn.depthwise_conv2d(xt, wd, strides=(1, *stride, 1), padding=padding, dilations=spec.dilation)
         if grouped == "native":
             try:
-                return tf.nn.conv2d(xt, wt, strides=(1, *stride, 1), padding=padding, dilations=spec.dilation)
+                y = tf.nn.conv2d(xt, wt, strides=(1, *stride, 1), padding=padding, dilations=spec.dilation)
+                notes.append(f"groups={g}: native grouped tf.nn.conv2d (filter has C/groups={C // g} input channels)")
+                return y
             except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as exc:
                 notes.append(f"native grouped conv failed ({type(exc).__name__}); composed per group")
         notes.append(f"groups={g}: one tf.nn.conv2d per group, concatenated on channels")

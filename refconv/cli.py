@@ -241,7 +241,10 @@ def _progress(enabled: bool) -> Iterator[Callable[[str], Any]]:
 
 
 class _NullTask:
-    def advance(self, description: str | None = None) -> None:
+    def describe(self, description: str) -> None:
+        pass
+
+    def advance(self) -> None:
         pass
 
 
@@ -249,9 +252,11 @@ class _RichTask:
     def __init__(self, progress: Any, task: Any) -> None:
         self.progress, self.task = progress, task
 
-    def advance(self, description: str | None = None) -> None:
-        kw = {"description": description} if description else {}
-        self.progress.update(self.task, advance=1, **kw)
+    def describe(self, description: str) -> None:
+        self.progress.update(self.task, description=description)
+
+    def advance(self) -> None:
+        self.progress.update(self.task, advance=1)
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -267,8 +272,9 @@ def _compare(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geometry: dict[
     with _progress(_show_progress(args)) as step:
         task = step("running", total=len(requests))
         for req in requests:
-            task.advance(f"running {_request_label(req)}")
+            task.describe(f"running {_request_label(req)}")
             runs.append(_execute(req, x, w, b, geometry))
+            task.advance()
         att_task = step(f"attributing {len(runs)} run(s) against the exact oracle", total=1)
         t0 = time.perf_counter()
         report = explain(x, w, b, **geometry, runs=runs)

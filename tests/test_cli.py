@@ -263,3 +263,28 @@ def test_check_shape_mismatch_is_a_usage_error(check_files, capsys):
     err = capsys.readouterr().err
     assert status == EXIT_USAGE, err
     assert "y.shape=(1, 10, 9, 6)" in err and "(1, 8, 7, 6)" in err, err
+
+
+# --------------------------------------------------------------------------- progress bar
+
+
+def test_progress_is_quiet_for_json_quiet_and_non_tty():
+    import argparse
+
+    from refconv.cli import _show_progress
+
+    assert not _show_progress(argparse.Namespace(json=True, quiet=False)), "--json is quiet"
+    assert not _show_progress(argparse.Namespace(json=False, quiet=True)), "--quiet is quiet"
+    # under pytest stderr is captured, not a terminal
+    assert not _show_progress(argparse.Namespace(json=False, quiet=False)), "no progress bar when not on a TTY"
+
+
+@needs_attribute
+@pytest.mark.skipif(not __import__("shutil").which("script"), reason="util-linux 'script' (a pseudo-terminal) missing")
+def test_progress_bar_shows_on_a_terminal(check_files):
+    cmd = (f"{sys.executable} -m refconv check {check_files / 'good.npy'} --inputs {check_files / 'in.npz'} "
+           "--padding SAME")
+    proc = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == EXIT_OK, proc.stdout[-2000:]
+    assert "attributing" in proc.stdout, "rich progress is drawn on a terminal"
+    assert "user" in proc.stdout and "ok" in proc.stdout, proc.stdout[-2000:]

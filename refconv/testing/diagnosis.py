@@ -375,13 +375,14 @@ def precision_signature(
         return None
     ctx = {"precision": precision, "accumulation": accumulation, "bound": bound}
     fits, ratios = [], []
+    flushable = _flush_mask(x, w, spec, precision)
     with np.errstate(invalid="ignore", over="ignore"):
         for alt in _precision_alts(x, w, b, spec, actual_nhwc.shape, precision):
             if not alt.statement.startswith("inputs"):
                 continue
             alt.ref = _float_ref(alt.x, alt.w, alt.b, alt.spec)
             d = alt.ref - exact_nhwc
-            mask = (d != 0) & np.isfinite(d) & np.isfinite(actual_nhwc)
+            mask = (d != 0) & np.isfinite(d) & np.isfinite(actual_nhwc) & ~flushable
             if int(mask.sum()) < SIGNATURE_MIN_ELEMENTS:
                 continue
             e0 = np.linalg.norm((actual_nhwc - exact_nhwc)[mask])
@@ -391,10 +392,26 @@ def precision_signature(
                 ratios.append(e1 / e0 if e0 else 0.0)
     if not fits:
         return None
+    closer = "exactly equal" if min(ratios) == 0 else f"{1 / min(ratios):.3g}x closer (rms)"
     return Finding(
         "precision",
         f"{_precision_statement(fits, precision, x, w)}. Every element is within the worst-case {precision} bound "
-        f"(loose for n={spec.n_terms} terms), but the output is {1 / max(min(ratios), 1e-300):.3g}x closer (rms) to "
-        f"the exact conv of the rounded inputs than to the exact conv; honest {precision} rounding errors are "
-        "independent of that input rounding and cannot do this",
+        f"(loose for n={spec.n_terms} terms), but the output is {closer} to the exact conv of the rounded inputs "
+        f"than to the exact conv; honest {precision} rounding errors are independent of that input rounding and "
+        "cannot do this",
     )
+
+
+def _flush_mask(x: np.ndarray, w: np.ndarray, spec: ConvSpec, precision: str) -> np.ndarray:
+    """Output elements touched by inputs in the claimed format's subnormal range (which FTZ/DAZ may flush)."""
+    from ..oracle._im2col import float_conv_nhwc
+
+    tiny = FORMATS[get_precision(precision).inputs].min_normal
+    sx = (np.abs(x) < tiny) & (x != 0)
+    sw = (np.abs(w) < tiny) & (w != 0)
+    shape = spec.output_shape
+    if not (sx.any() or sw.any()):
+        return np.zeros(shape, dtype=bool)
+    hit = float_conv_nhwc(sx.astype(np.float64), (w != 0).astype(np.float64), spec)
+    hit += float_conv_nhwc((x != 0).astype(np.float64), sw.astype(np.float64), spec)
+    return hit > 0

@@ -197,3 +197,14 @@ def test_report_import_is_light():
            "'jax', 'rich', 'numba') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"heavy modules imported by refconv.report/refconv.cli: {out}"
+
+
+def test_seed_answer_prefers_the_named_pair(report):
+    import dataclasses
+
+    wide = PairComparison("x", "y", 1e9, 0.5, 0.5, "both", "a much wider pair")
+    r = dataclasses.replace(report, pairs=[*report.pairs, wide])
+    assert seed_answer(r).startswith("x and y differ"), "without a preference the widest pair is answered"
+    answer = seed_answer(r, prefer=("tensorflow:cpu:float32", "torch:cpu:float64"))
+    assert answer.startswith("torch:cpu:float64 and tensorflow:cpu:float32 differ"), answer
+    assert "γ_n·Σ|x·w|" in answer and "√n·u·Σ|x·w|" in answer, "the answer states both bounds in absolute terms"

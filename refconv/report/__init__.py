@@ -240,10 +240,11 @@ def _att_by_label(report: Any) -> dict[str, Any]:
     return {(att.label or run_label(run)): att for run, att in _rows(report) if att is not None}
 
 
-def seed_answer(report: Any) -> str:
+def seed_answer(report: Any, prefer: tuple[str, str] | None = None) -> str:
     """Plain answer to the seed notebook's question, composed from the report's numbers.
 
-    Takes the widest-disagreeing pair, says which side carries the difference,
+    Takes the pair ``prefer`` (two run labels) when the report has it, else the
+    widest-disagreeing pair; says which side carries the difference,
     whether each side is within its precision's bound, and what tolerance the
     lower precision actually promises for this conv.
 
@@ -254,7 +255,9 @@ def seed_answer(report: Any) -> str:
     atts = _att_by_label(report)
     if not report.pairs:
         return "No two runs could be compared."
-    pair = max(report.pairs, key=lambda p: p.max_abs_diff if np.isfinite(p.max_abs_diff) else np.inf)
+    preferred = [p for p in report.pairs if prefer is not None and {p.a, p.b} == set(prefer)]
+    pair = preferred[0] if preferred else max(
+        report.pairs, key=lambda p: p.max_abs_diff if np.isfinite(p.max_abs_diff) else np.inf)
     statement = pair.statement[:1].upper() + pair.statement[1:]
     lines = [f"{pair.a} and {pair.b} differ by up to {_fmt(pair.max_abs_diff)}. {statement.rstrip('.')}."]
     sides = [atts[k] for k in (pair.a, pair.b) if k in atts]

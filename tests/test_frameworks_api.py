@@ -188,6 +188,7 @@ def test_inputs_seen_are_roundings_of_the_inputs_and_output_dtype_is_real(framew
         run = fw.run(framework, X, W, B, dtype=dtype, **GEOMETRY)
         assert run.ok, f"{run.label}: {run.error}"
         assert run.output_dtype == dtype, f"{run.label}: output dtype {run.output_dtype}"
+        assert run.precision_knobs["tf32_hardware"] is False, f"{run.label}: CPU run claims TF32 hardware"
         npdt = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
         eps = float(ml_dtypes.finfo(npdt).eps)
         for key, orig in (("x", X), ("w", W), ("b", B)):

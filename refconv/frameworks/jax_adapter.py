@@ -68,6 +68,12 @@ class JaxAdapter(Adapter):
             "jax.config.jax_enable_x64": safe_read(lambda: bool(jax.config.jax_enable_x64)),
             "jax.default_backend()": safe_read(jax.default_backend),
         }
+        if device.startswith("cuda"):
+            cap = safe_read(lambda: str(self._gpus()[cuda_index(device)].compute_capability))
+            k["cuda.compute_capability"] = cap
+            k["tf32_hardware"] = safe_read(lambda: float(cap) >= 8.0)
+        else:
+            k["tf32_hardware"] = False
         k.update(env_knobs(("NVIDIA_TF32_OVERRIDE", "XLA_FLAGS", "JAX_DEFAULT_MATMUL_PRECISION", "JAX_ENABLE_X64")))
         return k
 

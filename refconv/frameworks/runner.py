@@ -159,6 +159,8 @@ def _run_prepared(
             computed = adapter.compute(x, w, b, spec, device=device, dtype=dtype, math=math, options=options)
             result.elapsed_s = time.perf_counter() - t0
         result.precision_knobs.update(computed.knobs)
+        # TF32 exists only on NVIDIA GPUs (compute capability >= 8); None = the adapter could not tell.
+        result.precision_knobs.setdefault("tf32_hardware", False if device == "cpu" else None)
         result.notes.extend(computed.notes)
         result.inputs_seen = computed.inputs_seen
         result.output_dtype = computed.output_dtype

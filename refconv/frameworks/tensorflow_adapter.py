@@ -109,6 +109,14 @@ class TensorFlowAdapter(Adapter):
                 )
             )
         )
+        if device.startswith("cuda"):
+            gpus = safe_read(lambda: tf.config.list_physical_devices("GPU"))
+            details = safe_read(lambda: tf.config.experimental.get_device_details(gpus[cuda_index(device)]))
+            cap = details.get("compute_capability") if isinstance(details, dict) else None
+            k["cuda.compute_capability"] = cap
+            k["tf32_hardware"] = None if not isinstance(cap, tuple) else cap[0] >= 8
+        else:
+            k["tf32_hardware"] = False
         if k["env.TF_ENABLE_ONEDNN_OPTS"] == "unset":
             k["env.TF_ENABLE_ONEDNN_OPTS"] = "unset (oneDNN on by default on Linux x86)"
         return k

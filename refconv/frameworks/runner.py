@@ -419,7 +419,7 @@ def run_many(
                     options=dict(options.get(req.framework, {})),
                 )  # fmt: skip
             )
-        except (RefconvError, Exception) as exc:  # noqa: BLE001 - recorded so the others still run
+        except Exception as exc:  # noqa: BLE001 - recorded so the others still run
             if isinstance(exc, ShapeError):
                 raise
             results.append(

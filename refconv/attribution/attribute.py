@@ -676,6 +676,10 @@ def _requested_and_output(y: Any, dtype: str | None, run: Any) -> tuple[str, str
         # a float64 array: it sits on the requested grid if the run rounded its output there
         want = "float32" if req_label == "tf32" else req_label
         out_name = next((f for f in (want, "float32") if on_grid(arr, f)), "float64")
+    # an output cast up after the fact (bfloat16 values in a float32 array): its real grid is the coarser one
+    coarser = _grid_of(arr)
+    if FORMATS[coarser].precision < FORMATS[out_name].precision:
+        out_name = coarser
     return req_label, out_name, arr
 
 
@@ -683,10 +687,14 @@ def _grid_of(arr: np.ndarray) -> str:
     """The format a float64 array was evidently rounded to: the coarsest of bfloat16, float16, float32 whose grid
     holds every value while some value needs its full precision (so small-integer data stays "float64")."""
     fin = arr[np.isfinite(arr)].ravel()
-    if fin.size < 16 or (np.all(fin == np.round(fin)) and np.max(np.abs(fin)) < 2.0**24):
-        return "float64"  # too few values, or integer data (exact in every format)
+    if fin.size < 16:
+        return "float64"
+    integers = bool(np.all(fin == np.round(fin)))
+    top = float(np.max(np.abs(fin)))
     for name in ("bfloat16", "float16", "float32"):
         f = FORMATS[name]
+        if integers and top < 2.0**f.precision:
+            continue  # small integers sit on every grid: no evidence of rounding
         coarser = dataclasses.replace(f, name=f"{name}-1", precision=f.precision - 1)
         if on_grid(fin, f) and not on_grid(fin, coarser):
             return name
@@ -783,37 +791,45 @@ def attribute(
         extra["model_fits"] = {f.model.name: {"fits": f.fits, "max_bound_ratio": f.max_ratio,
                                               "violations": f.n_violations} for f in pfit.fits}
         extra["pairwise_tests"] = pfit.tests
+    outliers = None
     if pfit is not None and pfit.survivors:
         hres = _hypotheses_when_a_model_fits(prob, yc, seen, out_fmt, pfit)
         if hres is None:
-            precision, verdict = choose_precision(requested, pfit.candidates)
+            precision, verdict = choose_precision(requested, _by_output(pfit.candidates, out_fmt))
+            fit = pfit.for_label(precision) if precision else None
+            outliers = None if fit is None else _statistical_outliers(yc, fit, prob, cspec, out_fmt)
+            if outliers is not None:
+                extra["precision_elsewhere"] = precision
+                extra["outlier_test"] = "beyond 8·√n·u_acc·Σ|x·w| and 50x the median standardized error"
+                precision, verdict, detail = None, "unexplained", _outlier_detail(outliers, fit, yc, spec, cspec)
     else:
         hres = _hypotheses_when_nothing_fits(prob, yc, seen, out_fmt)
         if hres is None and shape_ok and out_fmt == "float16":
             fb = fit_precisions(prob, seen, cspec, yc, out_fmt, fallback=True)
             if fb.survivors:
                 pfit = fb
-                precision, verdict = choose_precision(requested, fb.candidates)
+                precision, verdict = choose_precision(requested, _by_output(fb.candidates, out_fmt))
                 extra["accumulation"] = "float16"
     if hres is not None:
         mismatch, detail, verdict = hres.hypothesis.kind, hres.hypothesis.detail, "mismatch"
-        hp, _ = choose_precision(requested, hres.fit.candidates)
+        hp, _ = choose_precision(requested, _by_output(hres.fit.candidates, out_fmt))
         extra["precision_under_mismatch"] = hp
-        extra["candidates_under_mismatch"] = hres.fit.candidates
+        extra["candidates_under_mismatch"] = _by_output(hres.fit.candidates, out_fmt)
         candidates: list[str] = []
     elif precision is None:
         verdict, mismatch = "unexplained", "unexplained"
         candidates = []
     else:
-        candidates = pfit.candidates  # type: ignore[union-attr]
+        candidates = _by_output(pfit.candidates, out_fmt)  # type: ignore[union-attr]
 
     chosen: ModelFit | None = None
     if precision is not None and pfit is not None:
         chosen = pfit.for_label(precision)
         extra.setdefault("accumulation", chosen.model.accumulation if chosen else None)
         extra["model"] = chosen.model.name if chosen else None
-    outliers = None
-    if verdict == "unexplained":
+    if verdict == "unexplained" and outliers is not None:
+        mismatch = "unexplained"
+    elif verdict == "unexplained":
         if pfit is not None:
             bestfit = pfit.best()
             bestfit = pfit.full_fits.get(bestfit.model.name) or full_fit(prob, seen, cspec, yc, out_fmt, bestfit.model)
@@ -839,6 +855,38 @@ def _canonical_y(yf: np.ndarray, spec: ConvSpec) -> np.ndarray:
     if yf.ndim != 4:
         raise ShapeError(f"y.shape={yf.shape}: expected a 4-D output in {spec.data_format} layout")
     return np.ascontiguousarray(spec.y_to_nhwc(yf))
+
+
+def _by_output(candidates: list[str], out_fmt: str) -> list[str]:
+    """Precision cannot exceed the output's own grid: bfloat16 values returned for a float32 request are bfloat16
+    arithmetic whatever the inputs were (the output rounding hides the input formats)."""
+    floor = PRECISION_RANK.get(out_fmt, 0)
+    kept = [c for c in candidates if PRECISION_RANK[c] >= floor]
+    return kept or candidates
+
+
+def _statistical_outliers(yc: np.ndarray, fit: ModelFit, prob: Problem, spec: ConvSpec, out_fmt: str):
+    """Isolated elements far outside the accumulation noise the rest of the output shows, or None.
+
+    The deterministic bound γ_n·Σ|x·w| grows like n, so at large n a corrupted element can hide below it.
+    Rounding errors of an honest run stay within λ·√n·u·Σ|x·w| with overwhelming probability (Higham & Mary,
+    SIAM J. Sci. Comput. 41(5), 2019; λ = 8 here) and are spread over all elements; an element beyond that
+    *and* 50 times the median standardized error is an outlier.
+    """
+    n = spec.n_terms + spec.has_bias
+    acc = FORMATS[fit.model.accumulation].u
+    mag = prob.magnitude_for(prob.original, spec, None) if spec is prob.cspec else None
+    if mag is None:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = acc * mag + 0.5 * ulp(yc, out_fmt)
+        z = np.abs(yc - fit.emulation) / np.where(scale > 0, scale, np.inf)
+    fin = np.isfinite(z)
+    if fin.sum() < 8:
+        return None
+    med = float(np.median(z[fin]))
+    flag = fin & (z > 8 * math.sqrt(n)) & (z > 50 * max(med, 1e-300))
+    return flag if flag.any() else None
 
 
 def _outlier_detail(viol: np.ndarray, fit: ModelFit, yc: np.ndarray, spec: ConvSpec, cspec: ConvSpec) -> str:

@@ -99,8 +99,7 @@ def render_table(report: Any) -> str:
     rows = []
     for run, att in _rows(report):
         if att is None:
-            err = getattr(run, "error", None) or "no attribution"
-            rows.append((run_label(run), "—", "—", "—", "—", "—", f"FAILED: {err.splitlines()[0][:80]}"))
+            rows.append((run_label(run), "—", "—", "—", "—", "—", "FAILED (see below)"))
             continue
         rows.append((
             att.label or run_label(run),
@@ -153,7 +152,7 @@ def render_text(report: Any, *, answer: str | None = None) -> str:
     failed = [run for run, att in _rows(report) if att is None]
     if failed:
         out += ["", "Failed runs:"]
-        out += [f"  {run_label(r)}: {_one_line(getattr(r, 'error', None))}" for r in failed]
+        out += [f"  {run_label(r)}: {_one_line(_failure(r))}" for r in failed]
     if answer:
         out += ["", "Answer:", *("  " + line for line in answer.splitlines())]
     return "\n".join(out)
@@ -186,9 +185,17 @@ def report_document(report: Any, **extra: Any) -> dict[str, Any]:
         rec.setdefault("label", run_label(run))
         rec["ok"] = att is not None and att.verdict == "ok"
         if att is None and rec.get("explanation") is None:
-            rec["explanation"] = f"run failed: {getattr(run, 'error', None)}"
+            rec["explanation"] = f"run failed: {_failure(run)}"
     doc.update(extra)
     return doc
+
+
+def _failure(run: Any) -> str:
+    """Why a run has no attribution: its error, or the note the attribution left."""
+    if getattr(run, "error", None):
+        return str(run.error)
+    notes = [n for n in getattr(run, "notes", []) or [] if "attribution failed" in str(n)]
+    return str(notes[-1]) if notes else "no attribution"
 
 
 def _one_line(text: Any) -> str:
@@ -400,7 +407,7 @@ def render_html(report: Any, *, title: str = "refconv report", answer: str | Non
     for run, att in _rows(report):
         if att is None:
             parts.append(f'<tr class="v-failed"><td>{esc(run_label(run))}</td><td colspan="10">failed: '
-                         f"{esc(str(getattr(run, 'error', None)))}</td></tr>")
+                         f"{esc(_failure(run))}</td></tr>")
             continue
         cells = [_fmt(att.max_abs_error), _fmt(att.max_ulp), _fmt(att.p99_ulp), _fmt(att.max_bound_ratio),
                  _fmt(att.probabilistic_bound), _fmt(att.deterministic_bound)]
@@ -427,7 +434,7 @@ def render_html(report: Any, *, title: str = "refconv report", answer: str | Non
     for run, att in _rows(report):
         parts.append(f"<h2>Run {esc(run_label(run) if att is None else att.label)}</h2>")
         if att is None:
-            parts.append(f"<p>The run failed: <code>{esc(str(getattr(run, 'error', None)))}</code></p>")
+            parts.append(f"<p>The run failed: <code>{esc(_failure(run))}</code></p>")
             continue
         parts.append(f"<p>{esc(att.explanation)}</p>")
         if att.mismatch_detail:

@@ -211,3 +211,22 @@ def test_framework_runs_use_inputs_seen():
     check(a, ("bfloat16", None, "ok"), "torch bf16 FrameworkRun")
     assert a.label == "torch:cpu:bfloat16" and a.extra["cast_reference"] == "inputs_seen", (a.label, a.extra)
     assert a.input_cast_error > 0, a.input_cast_error
+
+
+def test_large_n_outlier_below_deterministic_bound_and_upcast_bf16_output():
+    """n = 3201: a corrupted element within γ_n·Σ|x·w| is still an outlier against √n noise; bfloat16 arithmetic
+    returned in a float32 array for a float32 request is "degraded" (the output grid caps the precision)."""
+    rng = np.random.default_rng(11)
+    x, w, b = rng.standard_normal((1, 16, 32, 128)), rng.standard_normal((5, 5, 128, 64)), rng.standard_normal(64)
+    geo = dict(stride=2, padding="SAME")
+    spec = ConvSpec.from_shapes(x.shape, w.shape, b.shape, **geo)
+    y = f32(torch_conv(x, w, b, spec))
+    check(attribute(y, x, w, b, **geo), ("float32", None, "ok"), "torch float32, n = 3201")
+    y[0, 3, 3, 5] += 1e-2 * (1 + abs(y[0, 3, 3, 5]))
+    a = attribute(y, x, w, b, **geo)
+    check(a, (None, "unexplained", "unexplained"), "corrupted element below the deterministic bound")
+    assert "(0, 3, 3, 5)" in a.mismatch_detail and a.extra["precision_elsewhere"] == "float32", a.mismatch_detail
+    y = torch_conv(x, w, b, spec, torch.bfloat16).float().numpy()
+    a = attribute(y, x, w, b, dtype="float32", **geo)
+    check(a, ("bfloat16", None, "degraded"), "bfloat16 values in a float32 array")
+    assert a.output_dtype == "bfloat16", a.output_dtype

@@ -275,6 +275,8 @@ def compare_conv2d(
     failing = ~ok
     nfail, total = int(failing.sum()), int(failing.size)
     max_err = float(np.max(np.where(np.isfinite(err), err, 0.0), initial=0.0))
+    if np.any(failing & ~np.isfinite(err)):
+        max_err = float("nan") if np.any(failing & np.isnan(err)) else float("inf")
     max_ratio = float(np.max(np.where(np.isnan(ratio), np.inf, ratio), initial=0.0))
     if nfail == 0:
         sig = None

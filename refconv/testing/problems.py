@@ -195,6 +195,8 @@ VALUE_FAMILIES: dict[str, Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray
 def _cast(a: np.ndarray | None, dtype: str) -> np.ndarray | None:
     if a is None:
         return None
+    if dtype == "float16":  # keep families finite in float16's narrow range
+        a = np.clip(a, -16384.0, 16384.0)
     if dtype == "bfloat16":
         import ml_dtypes
 

@@ -173,3 +173,31 @@ def test_float_conv_helper_is_a_plain_conv():
     spec = ConvSpec.from_shapes(x.shape, w.shape, padding="SAME")
     np.testing.assert_allclose(float_conv_nhwc(x, w, spec), refconv.conv2d(x, w, padding="SAME"), rtol=1e-14,
                                err_msg="float_conv_nhwc must be the same conv in rounded arithmetic")
+
+
+def test_subnormal_results_are_rounded_once_by_every_method():
+    """5·2^-1075 + 2^-1200 lies just above the midpoint 2.5 ulp of the smallest subnormal: correct is 3·2^-1074.
+
+    Rounding to 53 bits first (e.g. gmpy2's mpz / int, a 53-bit mpfr) makes it a tie, and ties-to-even gives 2.
+    """
+    x = np.array([5 * 2.0**-1000, 2.0**-600]).reshape(1, 1, 2, 1)
+    w = np.array([2.0**-75, 2.0**-600]).reshape(1, 2, 1, 1)
+    want = np.array([3 * 2.0**-1074])
+    assert_bitwise_equal(reference_conv2d(x, w).ravel(), want, "Fraction reference")
+    for method in refconv.METHODS:
+        if method == "kahan":
+            continue  # not correctly rounded by design
+        assert_bitwise_equal(refconv.conv2d(x, w, method=method).ravel(), want, f"method={method}")
+    assert_bitwise_equal(refconv.conv2d_points(x, w, positions=[(0, 0, 0, 0)]).values, want, "conv2d_points")
+
+
+def test_round_to_float64_accepts_gmpy2_integers():
+    gmpy2 = pytest.importorskip("gmpy2")
+    from refconv.oracle._exactsum import round_to_float64
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        n = int(rng.integers(1, 2**62)) << int(rng.integers(0, 70)) | 1
+        e = int(rng.integers(-1250, 40))
+        want = float(Fraction(n) * Fraction(2) ** e)
+        assert round_to_float64(gmpy2.mpz(n), e) == round_to_float64(n, e) == want, (n, e)

@@ -28,6 +28,7 @@ def round_to_float64(n: int, e: int) -> float:
     """
     if n == 0:
         return 0.0
+    n = int(n)  # mpmath's mantissas may be gmpy2 mpz: mpz / int is a 53-bit mpfr, which rounds twice below 2^-1022
     try:
         return float(n << e) if e >= 0 else n / (1 << -e)
     except OverflowError:  # beyond the range; math.copysign(inf, n) would itself overflow converting n

@@ -167,3 +167,24 @@ def test_direct_path_decides_all_zero_windows_without_fallback():
     np.testing.assert_array_equal(y[0, 0, 0], np.ones(4), err_msg="impulse lost")
     assert stats.fallbacks == 0, f"all-zero windows went to the integer fallback: {stats}"
     assert not np.signbit(y).any(), "exact zeros must be +0.0"
+
+
+@pytest.mark.parametrize("dps", [None, 40])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_point_evaluator_equals_mpmath_evaluator(family, dps):
+    from refconv.oracle import _fastpoints, mp
+
+    for gi in (1, 6, 11):
+        x, w, b, geometry = make_case(family, gi)
+        xf, wf, bf, spec = prepare(x, w, b, **geometry)
+        xn, wn = spec.x_to_nhwc(xf), spec.w_to_hwio(wf)
+        shape = (spec.N, *spec.out_hw, spec.O)
+        flat = np.random.default_rng(gi).choice(int(np.prod(shape)), size=min(12, int(np.prod(shape))), replace=False)
+        pts = np.stack(np.unravel_index(flat, shape), axis=1)
+        with np.errstate(all="ignore"):
+            fast = _fastpoints.output_points_nhwc(xn, wn, bf, spec, pts, dps)
+            slow = mp.output_points_nhwc(xn, wn, bf, spec, pts, dps)
+        if dps is None:
+            np.testing.assert_array_equal(np.array(fast), np.array(slow), err_msg=f"{family} geometry[{gi}]")
+        else:
+            assert [v._mpf_ for v in fast] == [v._mpf_ for v in slow], f"{family} geometry[{gi}] at dps={dps}"

@@ -191,6 +191,14 @@ def _kernel_alts(x, w, b, spec: ConvSpec, out_shape: tuple, label: str | None = 
                    "check the kernel layout", x, w.transpose(1, 0, 2, 3), b, spec)
         yield _Alt("kernel_layout", "kernel H/W axes swapped and flipped (kernel transposed and rotated); check "
                    "the kernel layout", x, w.transpose(1, 0, 2, 3)[::-1, ::-1], b, spec)
+    else:
+        try:
+            swapped = spec.replace(w_shape=(spec.KW, spec.KH, w.shape[2], w.shape[3]))
+        except Exception:
+            swapped = None
+        if swapped is not None and swapped.output_shape == out_shape:
+            yield _Alt("kernel_layout", "kernel H/W axes swapped (kernel transposed: a KHxKW kernel used as KWxKH); "
+                       "check the kernel layout", x, w.transpose(1, 0, 2, 3), b, swapped)
     if spec.KH > 1:
         yield _Alt("kernel_flip", "kernel flipped along H only (rows reversed)", x, w[::-1], b, spec)
     if spec.KW > 1:
@@ -223,10 +231,12 @@ def _precision_alts(x, w, b, spec: ConvSpec, out_shape: tuple, requested: str) -
         how = "truncated to" if truncate else "rounded to"
         # tensor cores add the bias in float32 (epilogue); a low-precision run rounds it too: try both
         yield _Alt("precision", f"inputs {how} {cand}", rx, rw, b, spec, input_rounding=False)
-        if b is not None:
-            rb = round_to_format(b, cand, truncate=truncate)
-            if not np.array_equal(rb, b):
-                yield _Alt("precision", f"inputs {how} {cand}", rx, rw, rb, spec, input_rounding=False)
+        rb = None if b is None else round_to_format(b, cand, truncate=truncate)
+        if b is not None and not np.array_equal(rb, b):
+            yield _Alt("precision", f"inputs {how} {cand}", rx, rw, rb, spec, input_rounding=False)
+        if not truncate and FORMATS[cand].p < FORMATS[model.output].p and cand != "tf32":
+            # a whole low-precision run: inputs, bias and output in cand, float32 accumulation
+            yield _Alt("precision", f"inputs rounded to {cand}", rx, rw, rb, spec, input_rounding=False, output=cand)
     for cand in ("float16", "bfloat16", "float32"):
         if FORMATS[cand].p >= FORMATS[model.output].p:
             continue
@@ -252,6 +262,11 @@ def _precision_statement(fits: list[_Alt], requested: str, x: np.ndarray, w: np.
         return (f"consistent with TF32 or float16 input rounding (10 mantissa bits), not {requested}: the two are "
                 "indistinguishable here because every input lies within float16's normal range")
     first = names[0]
+    acc = [n.split()[-1] for n in names if n.startswith("accumulation in")]
+    if acc and first.startswith("accumulation"):
+        return (f"consistent with accumulation (or intermediate rounding, e.g. a bias added after rounding) in "
+                f"{' or '.join(acc)}, not the {get_precision(requested).accumulation} accumulation that "
+                f"precision={requested!r} assumes; pass accumulation={acc[0]!r} if that is intended")
     if first.startswith("inputs") and "tf32" in first:
         return f"consistent with TF32 ({first}: 10 mantissa bits, e.g. tensor-core math), not {requested}"
     if first.startswith("inputs"):
@@ -260,12 +275,22 @@ def _precision_statement(fits: list[_Alt], requested: str, x: np.ndarray, w: np.
     return f"consistent with {first}, not {requested}"
 
 
-def _corruption(failing: np.ndarray | None) -> Finding | None:
-    """A few isolated failing elements among many good ones: corruption, not a systematic fault."""
+CORRUPTION_MIN_EXCESS = 4.0
+
+
+def _corruption(failing: np.ndarray | None, excess: np.ndarray | None = None) -> Finding | None:
+    """A few isolated failing elements among many good ones: corruption, not a systematic fault.
+
+    At most max(1, 1%) of the elements may fail, and (when ``excess`` = error/tolerance
+    is given) each by at least :data:`CORRUPTION_MIN_EXCESS`: a value written wrong,
+    not rounding slightly beyond the model.
+    """
     if failing is None or not failing.any():
         return None
     nfail, size = int(failing.sum()), failing.size
-    if nfail > max(3, size // 100) or nfail == size:
+    if nfail > max(1, size // 100) or nfail == size:
+        return None
+    if excess is not None and not np.all(np.nan_to_num(excess[failing], nan=np.inf) >= CORRUPTION_MIN_EXCESS):
         return None
     idx = [tuple(int(i) for i in p) for p in np.argwhere(failing)[:5]]
     if nfail == 1:
@@ -287,13 +312,15 @@ def diagnose(
     bound: str = "deterministic",
     failing: np.ndarray | None = None,
     padding_label: str | None = None,
+    excess: np.ndarray | None = None,
 ) -> list[Finding]:
     """Name the fault class behind a failing output (NHWC ``actual``, NHWC x, HWIO w, NHWC spec).
 
     Returns findings, most specific first (empty when nothing fits). Kinds:
     "padding", "kernel_flip", "kernel_layout", "bias", "precision", "corrupted",
     "arithmetic". ``failing`` (bool, NHWC) marks the elements that exceeded the
-    tolerance under the requested model; it enables the corruption diagnosis.
+    tolerance under the requested model and ``excess`` their error/tolerance;
+    they enable the corruption diagnosis.
     ``padding_label`` is how the caller wrote the padding (e.g. "'SAME'"), for
     the messages. Several structural findings mean the output cannot tell them
     apart (e.g. a flip along an axis with a single contributing tap looks like a
@@ -315,7 +342,7 @@ def diagnose(
     fits = [a for a in inputs if _fraction_fitting(actual_nhwc, a, ctx) == 1.0]
     if fits:
         return [Finding("precision", _precision_statement(fits, precision, x, w))]
-    corrupted = _corruption(failing)
+    corrupted = _corruption(failing, excess)
     if corrupted is not None:
         return [corrupted]
     fits = [a for a in alts if not a.statement.startswith("inputs")

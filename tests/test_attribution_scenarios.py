@@ -230,3 +230,25 @@ def test_large_n_outlier_below_deterministic_bound_and_upcast_bf16_output():
     a = attribute(y, x, w, b, dtype="float32", **geo)
     check(a, ("bfloat16", None, "degraded"), "bfloat16 values in a float32 array")
     assert a.output_dtype == "bfloat16", a.output_dtype
+
+
+def _tf32_from_float32(a: np.ndarray, truncate: bool) -> np.ndarray:
+    """TF32 the way hardware sees it: float32 operands, low 13 mantissa bits dropped (or rounded to nearest even)."""
+    u = a.astype(np.float32).view(np.uint32).astype(np.uint64)
+    if not truncate:
+        u = u + 0xFFF + ((u >> 13) & 1)
+    return ((u & ~np.uint64(0x1FFF)).astype(np.uint32)).view(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_double_rounded_inputs_tf32_bit_masks_and_torch_half_casts(truncate):
+    """Inputs cast float64 -> float32 -> TF32/float16 (as hardware and frameworks do) are still recognized."""
+    rng = np.random.default_rng(12 + truncate)
+    for _ in range(3):
+        x, w, b = rng.standard_normal((2, 9, 9, 16)), rng.standard_normal((3, 3, 16, 8)), rng.standard_normal(8)
+        spec = ConvSpec.from_shapes(x.shape, w.shape, b.shape, padding="SAME")
+        y = f32(torch_conv(_tf32_from_float32(x, truncate), _tf32_from_float32(w, truncate), b, spec))
+        check(attribute(y, x, w, b, padding="SAME"), ("tf32", None, "degraded"), f"TF32 bit masks ({truncate=})")
+        h = lambda a: torch.from_numpy(a).half().double().numpy()  # noqa: E731
+        y = f32(torch_conv(h(x), h(w), h(b), spec))
+        check(attribute(y, x, w, b, padding="SAME"), ("float16", None, "degraded"), "torch .half() storage")

@@ -284,17 +284,18 @@ class Problem:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Inputs rounded once to the model's formats (only the sampled kernel channels for a sample)."""
         sub = sample is not None and not sample.full
-        key = ("round", inputs.key, model.input_format, model.rounding, model.bias_format, sub and sample.key)
+        key = ("round", inputs.key, model.input_format, model.rounding, model.bias_format, model.via,
+               sub and sample.key)
         if key not in self._cache:
-            fmt, mode = model.input_format, model.rounding
-            xkey = ("round-x", inputs.key, fmt, mode)
+            fmt, mode, via = model.input_format, model.rounding, model.via
+            xkey = ("round-x", inputs.key, fmt, mode, via)
             if xkey not in self._cache:
-                self._cache[xkey] = _round(inputs.x, fmt, mode)
+                self._cache[xkey] = _round(inputs.x, fmt, mode, via)
             w = sample.subset_w(inputs.w) if sub else inputs.w  # type: ignore[union-attr]
             self._cache[key] = (
                 self._cache[xkey],
-                _round(w, fmt, mode),
-                None if inputs.b is None else _round(inputs.b, model.bias_format, "nearest"),
+                _round(w, fmt, mode, via),
+                None if inputs.b is None else _round(inputs.b, model.bias_format, "nearest", via),
             )
         return self._cache[key]
 
@@ -310,7 +311,7 @@ class Problem:
         if model.input_format == "float64" and inputs._exact is not None:
             e = inputs._exact
             return (e if sample is None else sample.take(e)), True
-        key = ("emu", inputs.key, model.input_format, model.rounding, model.bias_format,
+        key = ("emu", inputs.key, model.input_format, model.rounding, model.bias_format, model.via,
                None if sample is None else sample.key)
         if key not in self._cache:
             if model.input_format == "float64":
@@ -325,9 +326,11 @@ class Problem:
         return self._cache[key], False
 
 
-def _round(a: np.ndarray, fmt: str, mode: str) -> np.ndarray:
-    """Round once. numpy's float64 -> float32/float16 casts are single roundings and faster; ml_dtypes'
-    float64 -> bfloat16 cast goes through float32 (double rounding), so bfloat16 uses :func:`round_to`."""
+def _round(a: np.ndarray, fmt: str, mode: str, via: str | None = None) -> np.ndarray:
+    """Round once (or through ``via`` first). numpy's float64 -> float32/float16 casts are single roundings and
+    faster; ml_dtypes' float64 -> bfloat16 cast goes through float32, so bfloat16 uses :func:`round_to`."""
+    if via is not None and FORMATS[via].precision > FORMATS[fmt].precision:
+        a = _round(a, via, "nearest")
     if mode == "nearest" and fmt in ("float32", "float16"):
         with np.errstate(over="ignore"):
             return a.astype(np.float32 if fmt == "float32" else np.float16).astype(np.float64)

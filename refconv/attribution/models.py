@@ -11,7 +11,8 @@ is the mixed-precision bound of Blanchard, Higham, Lopez, Mary and Pranesh
 :data:`PRECISION_MODELS` is the single source of truth; ``label`` is the
 public precision vocabulary (:data:`refconv.attribution.types.PRECISIONS`).
 Where a framework may keep the bias in float32 while rounding x and w (mixed
-precision), both bias storages are registered; TF32 is a matmul-operand format,
+precision), both bias storages are registered, and every low-precision model
+also has a variant whose inputs went through float32 first; TF32 is a matmul-operand format,
 so its bias is always float32.
 
 >>> sorted({m.label for m in PRECISION_MODELS.values()}) == sorted(PRECISIONS)
@@ -54,6 +55,7 @@ class PrecisionModel:
     accumulation: str
     description: str
     fallback: bool = False
+    via: str | None = None  # inputs cast to this format first (float64 -> float32 -> bfloat16, as frameworks do)
 
 
 PRECISION_MODELS: dict[str, PrecisionModel] = {}
@@ -106,3 +108,10 @@ for _m in (
     ),
 ):
     register_model(_m)
+
+# Frameworks cast float64 tensors to bfloat16/float16 through float32 (torch and TensorFlow both do), and
+# TF32 hardware rounds float32 operands: the double rounding differs from one rounding at rare midpoints.
+for _m in [m for m in PRECISION_MODELS.values() if m.input_format in ("tf32", "float16", "bfloat16")
+           and not m.fallback]:
+    register_model(dataclasses.replace(
+        _m, name=f"{_m.name}_via_float32", via="float32", description=f"{_m.description}, cast through float32"))

@@ -209,3 +209,15 @@ def test_seed_answer_prefers_the_named_pair(report):
     answer = seed_answer(r, prefer=("tensorflow:cpu:float32", "torch:cpu:float64"))
     assert answer.startswith("torch:cpu:float64 and tensorflow:cpu:float32 differ"), answer
     assert "γ_n·Σ|x·w|" in answer and "√n·u·Σ|x·w|" in answer, "the answer states both bounds in absolute terms"
+
+
+def test_many_pairs_are_summarized_in_text(report):
+    import dataclasses
+
+    neither = [PairComparison(f"r{i}", f"s{i}", 1e-6 * (i + 1), 0.5, 0.5, "neither", f"pair {i} is fine")
+               for i in range(8)]
+    wrong = PairComparison("bad", "good", 1.0, 1.0, 0.0, "a", "bad carries the difference")
+    text = render_text(dataclasses.replace(report, pairs=[*neither, wrong]))
+    assert "bad carries the difference" in text, "pairs with a wrong side are always stated"
+    assert "pair 3 is fine" not in text, "the 'neither' pairs are summarized when there are many"
+    assert "8 more pairs: neither side is wrong (largest gap 8.00e-06)" in text, text

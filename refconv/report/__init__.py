@@ -43,6 +43,8 @@ __all__ = [
     "seed_answer",
 ]
 
+_MAX_TEXT_PAIRS = 6
+
 #: Keys every run record of :func:`report_document` carries (None where unknown).
 RUN_FIELDS = ("framework", "device", "dtype", "precision", "mismatch", "verdict", "max_abs_error", "max_ulp",
               "explanation")
@@ -140,7 +142,15 @@ def render_text(report: Any, *, answer: str | None = None) -> str:
     out.append(render_table(report))
     if report.pairs:
         out += ["", "Pairwise:"]
-        out += [f"  - {p.statement}" for p in report.pairs]
+        shown, rest = list(report.pairs), []
+        if len(shown) > _MAX_TEXT_PAIRS:  # many runs: state the pairs with a wrong side, summarize the others
+            shown = [p for p in report.pairs if p.wrong != "neither"]
+            rest = [p for p in report.pairs if p.wrong == "neither"]
+        out += [f"  - {p.statement}" for p in shown]
+        if rest:
+            gap = max(p.max_abs_diff for p in rest)
+            out.append(f"  - {len(rest)} more pairs: neither side is wrong (largest gap {_fmt(gap)}); --json and "
+                       "--html list every pair")
     explained = [(run, att) for run, att in _rows(report) if att is not None and att.explanation]
     if explained:
         out += ["", "Explanations:"]

@@ -221,3 +221,23 @@ def test_many_pairs_are_summarized_in_text(report):
     assert "bad carries the difference" in text, "pairs with a wrong side are always stated"
     assert "pair 3 is fine" not in text, "the 'neither' pairs are summarized when there are many"
     assert "8 more pairs: neither side is wrong (largest gap 8.00e-06)" in text, text
+
+
+def test_figures_survive_nan_inf_zero_and_tiny_outputs(report):
+    import dataclasses
+
+    from refconv.report.figures import error_heatmap_png, error_scatter_png, ulp_histogram_png
+
+    att = report.attributions[1]
+    err = att.error.copy()
+    err.flat[0], err.flat[1] = np.nan, np.inf
+    ulp = att.ulp.copy()
+    ulp.flat[0] = np.inf
+    odd = dataclasses.replace(att, error=err, ulp=ulp, verdict="unexplained")
+    zero = dataclasses.replace(att, error=np.zeros((1, 1, 1, 1)), ulp=np.zeros(1), bound_ratio=np.zeros(1),
+                               magnitude=np.ones((1, 1, 1, 1)), exact=np.ones((1, 1, 1, 1)))
+    for a in (odd, zero):
+        for fig in (error_heatmap_png, ulp_histogram_png, error_scatter_png):
+            assert fig(a)[:4] == b"\x89PNG", (fig.__name__, a.verdict)
+    page = render_html(dataclasses.replace(report, attributions=[report.attributions[0], odd, None]))
+    assert page.count("data:image/png;base64,") == 7, "every figure is still drawn"

@@ -113,8 +113,10 @@ def test_kahan_returns_dot2_not_plain_summation():
     np.testing.assert_array_equal(kahan.y, exact, err_msg="kahan lost the compensation (fastmath?)")
     from refconv.oracle._kernels import kernels
 
-    for name in ("dot2_conv", "dot2_pairs"):
-        assert not getattr(kernels(), name).targetoptions.get("fastmath"), f"{name} compiled with fastmath"
+    compiled = {name: k for name, k in vars(kernels()).items() if hasattr(k, "targetoptions")}
+    assert {"dot2_general", "dot2_depthwise", "dot2_pairs"} <= set(compiled)
+    for name, k in compiled.items():
+        assert not k.targetoptions.get("fastmath"), f"{name} compiled with fastmath"
 
 
 @pytest.mark.parametrize("cond", ["uniform", "cancelling"])
@@ -188,3 +190,18 @@ def test_fast_point_evaluator_equals_mpmath_evaluator(family, dps):
             np.testing.assert_array_equal(np.array(fast), np.array(slow), err_msg=f"{family} geometry[{gi}]")
         else:
             assert [v._mpf_ for v in fast] == [v._mpf_ for v in slow], f"{family} geometry[{gi}] at dps={dps}"
+
+
+def test_depthwise_kernel_equals_general_kernel_bitwise():
+    from refconv.oracle._kernels import kernels
+
+    kern = kernels()
+    rng = np.random.default_rng(8)
+    xp, w, b = rng.standard_normal((2, 9, 10, 6)), rng.standard_normal((3, 2, 1, 6)), rng.standard_normal(6)
+    outs = []
+    for fn, extra in ((kern.dot2_general, (6,)), (kern.dot2_depthwise, ())):
+        arrs = [np.empty((2, 4, 8, 6)) for _ in range(3)]
+        fn(xp, w, b, True, 2, 1, 1, 1, *extra, 4, 8, *arrs)
+        outs.append(arrs)
+    for got, want, name in zip(outs[1], outs[0], ("hi", "lo", "bound")):
+        np.testing.assert_array_equal(got, want, err_msg=f"depthwise kernel {name} differs from the general kernel")

@@ -177,6 +177,64 @@ def dot2_conv(xp, w, b, has_bias, sh, sw, dh, dw, groups, oh, ow, hi_out, lo_out
 
 
 @pjit
+def dot2_depthwise(xp, w, b, has_bias, sh, sw, dh, dw, oh, ow, hi_out, lo_out, bound_out):
+    """dot2_conv for groups = C = O (one input and one output channel per group), vectorized across channels.
+
+    Same operations in the same (tap) order per output as dot2_conv, so the results are identical.
+    """
+    n_, _, _, c = xp.shape
+    kh, kw = w.shape[0], w.shape[1]
+    nterms = kh * kw + (1 if has_bias else 0)
+    nu = (nterms + 1) * 2.0**-53
+    gamma = nu / (1.0 - nu)
+    g2 = gamma * gamma * (1.0 + 4.0 * nu) / (1.0 - 2.0**-52)
+    slack = 8.0 * nterms * 2.0**-1074
+    for task in prange(n_ * oh):
+        n = task // oh
+        i = task % oh
+        p = np.empty(c)
+        s = np.empty(c)
+        m = np.empty(c)
+        for j in range(ow):
+            for ch in range(c):
+                v = b[ch] if has_bias else 0.0
+                p[ch] = v
+                s[ch] = 0.0
+                m[ch] = abs(v)
+            for a in range(kh):
+                r = i * sh + a * dh
+                for bb in range(kw):
+                    col = j * sw + bb * dw
+                    for ch in range(c):
+                        xv = xp[n, r, col, ch]
+                        wv = w[a, bb, 0, ch]
+                        pp = p[ch]
+                        h = xv * wv
+                        e = fma(xv, wv, -h)
+                        t = pp + h
+                        z = t - pp
+                        s[ch] += ((pp - (t - z)) + (h - z)) + e
+                        m[ch] += abs(h)
+                        p[ch] = t
+            for ch in range(c):
+                pp = p[ch]
+                ss = s[ch]
+                hi = pp + ss
+                z = hi - pp
+                hi_out[n, i, j, ch] = hi
+                lo_out[n, i, j, ch] = (pp - (hi - z)) + (ss - z)
+                bound_out[n, i, j, ch] = g2 * m[ch] + slack
+
+
+def dot2_any(xp, w, b, has_bias, sh, sw, dh, dw, groups, oh, ow, hi_out, lo_out, bound_out):
+    """dot2_conv, or its depthwise specialization when every group has one input and one output channel."""
+    if groups > 1 and w.shape[2] == 1 and w.shape[3] == groups:
+        dot2_depthwise(xp, w, b, has_bias, sh, sw, dh, dw, oh, ow, hi_out, lo_out, bound_out)
+    else:
+        dot2_conv(xp, w, b, has_bias, sh, sw, dh, dw, groups, oh, ow, hi_out, lo_out, bound_out)
+
+
+@pjit
 def split_im2col(xp, n, r0, ow, kh, kw, c0, cg, sh, sw, dh, dw, beta, xs, a1, r1, stats):
     """Rows of the im2col tile (output rows r0.., all columns), scaled and split.
 
@@ -552,7 +610,8 @@ def certify_direct(hi, lo, bound, y, decided):
 
 
 _NAMESPACE = SimpleNamespace(
-    fma=fma, half_gap=half_gap, dot2_conv=dot2_conv, split_im2col=split_im2col,
+    fma=fma, half_gap=half_gap, dot2_conv=dot2_any, dot2_general=dot2_conv, dot2_depthwise=dot2_depthwise,
+    split_im2col=split_im2col,
     combine_level1=combine_level1, split_cols=split_cols,
     any_nonzero_term=any_nonzero_term, predict_undecided=predict_undecided, split2_rows=split2_rows,
     split2_cols=split2_cols, combine_level2=combine_level2, dot2_pairs=dot2_pairs, certify_direct=certify_direct,

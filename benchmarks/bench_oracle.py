@@ -1,0 +1,227 @@
+"""Oracle speed against the float64 convs of the frameworks, measured in one run.
+
+    python benchmarks/bench_oracle.py            # every shape (a few minutes on 2 cores)
+    python benchmarks/bench_oracle.py --quick    # the seed shape only
+    python benchmarks/bench_oracle.py --json out.json
+    python benchmarks/bench_oracle.py --threads 1  # every library single-threaded (robust on a busy machine)
+
+Each time is the best of ``--repeat`` rounds after a warm-up (Numba compiles on the
+warm-up); the rounds interleave the columns, so a busy machine penalizes them
+alike. Ratios are against torch float64 on the same machine in the same run.
+"mpmath / position" is the exact mpmath point evaluator (``refconv.conv2d_points``)
+per output position; "fast points" is ``refconv.oracle._fastpoints`` (same exact
+results, numpy TwoProduct + integer sums). "peak MiB" is the tracemalloc peak of one ``method="exact"``
+call (numpy buffers; framework-free), next to inputs + weights + output.
+Missing frameworks are shown as "-".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+if "--threads" in sys.argv:  # must be set before numpy, numba, torch or TF start their thread pools
+    _n = sys.argv[sys.argv.index("--threads") + 1]
+    for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ[_var] = _n
+    os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen={'false' if _n == '1' else 'true'}"
+import platform
+import time
+import tracemalloc
+from collections.abc import Callable
+
+import numpy as np
+
+import refconv
+
+SHAPES = {
+    # name: (x NHWC, w HWIO, geometry)
+    "seed": ((1, 16, 32, 256), (5, 5, 256, 512), dict(stride=2, padding="SAME")),
+    "resnet": ((8, 56, 56, 64), (3, 3, 64, 64), dict(stride=1, padding="SAME")),
+    "depthwise": ((8, 112, 112, 32), (3, 3, 1, 32), dict(padding="SAME", groups=32)),
+    "pointwise1024": ((8, 14, 14, 1024), (1, 1, 1024, 1024), dict(padding="VALID")),
+    "largeK": ((1, 14, 14, 512), (7, 7, 512, 512), dict(padding="SAME")),
+}
+MP_POSITIONS = {"seed": 8, "resnet": 32, "depthwise": 256, "pointwise1024": 16, "largeK": 2}
+
+
+def best_times(fns: dict[str, Callable[[], object]], repeat: int, once: set[str]) -> dict[str, float]:
+    """Best wall time of each function over interleaved rounds (one warm-up call each first)."""
+    for fn in fns.values():
+        fn()
+    best = {name: float("inf") for name in fns}
+    for r in range(repeat):
+        for name, fn in fns.items():
+            if r and name in once:
+                continue
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def framework_fns(x: np.ndarray, w: np.ndarray, b: np.ndarray, geometry: dict) -> dict[str, Callable[[], object]]:
+    """float64 conv closures for each installed framework, same problem as refconv (pads resolved by refconv)."""
+    spec = refconv.spec.ConvSpec.from_arrays(x, w, b, **geometry)
+    (pt, pb), (pl, pr) = spec.pads
+    sh, sw = spec.stride
+    groups = spec.groups
+    fns: dict[str, Callable[[], object]] = {}
+    try:
+        import torch
+
+        xt = torch.nn.functional.pad(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), (pl, pr, pt, pb))
+        wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
+        bt = torch.from_numpy(b)
+        fns["torch"] = lambda: torch.nn.functional.conv2d(xt, wt, bt, stride=(sh, sw), groups=groups)
+    except ImportError:
+        pass
+    try:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import tensorflow as tf
+
+        xtf = tf.constant(np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))))
+        btf = tf.constant(b)
+        if groups == 1:
+            wtf = tf.constant(w)
+            fns["tf"] = lambda: tf.nn.bias_add(tf.nn.conv2d(xtf, wtf, (1, sh, sw, 1), "VALID"), btf).numpy()
+        elif groups == spec.C and spec.O == spec.C:
+            wtf = tf.constant(w.reshape(spec.KH, spec.KW, spec.C, 1))
+            fns["tf"] = lambda: tf.nn.bias_add(
+                tf.nn.depthwise_conv2d(xtf, wtf, (1, sh, sw, 1), "VALID"), btf).numpy()
+    except ImportError:
+        pass
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        xj = jax.device_put(np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))))
+        wj, bj = jax.device_put(w), jax.device_put(b)
+        conv = jax.jit(lambda a, k, c: jax.lax.conv_general_dilated(
+            a, k, (sh, sw), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups) + c)
+        fns["jax"] = lambda: conv(xj, wj, bj).block_until_ready()
+    except ImportError:
+        pass
+    try:
+        from onnx import TensorProto, helper
+        from onnx.reference import ReferenceEvaluator
+
+        node = helper.make_node("Conv", ["X", "W", "B"], ["Y"], pads=[pt, pl, pb, pr], strides=[sh, sw], group=groups)
+        graph = helper.make_graph(
+            [node], "conv",
+            [helper.make_tensor_value_info(n, TensorProto.DOUBLE, None) for n in ("X", "W", "B")],
+            [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, None)],
+        )
+        sess = ReferenceEvaluator(helper.make_model(graph))
+        feeds = {"X": np.ascontiguousarray(x.transpose(0, 3, 1, 2)), "W": np.ascontiguousarray(w.transpose(3, 2, 0, 1)),
+                 "B": b}
+        fns["onnx.ref"] = lambda: sess.run(None, feeds)
+    except ImportError:
+        pass
+    return fns
+
+
+def bench_shape(name: str, repeat: int, skip: set[str]) -> dict:
+    xs, ws, geometry = SHAPES[name]
+    rng = np.random.default_rng(0)
+    x, w, b = rng.random(xs), rng.random(ws), rng.random(ws[-1])
+    row: dict = {"shape": name, "x": xs, "w": ws, "geometry": {k: str(v) for k, v in geometry.items()}}
+    fns = {fw: fn for fw, fn in framework_fns(x, w, b, geometry).items() if fw not in skip}
+    if "torch" in sys.modules:
+        import torch
+
+        if os.environ.get("OMP_NUM_THREADS"):
+            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    for method in ("exact", "kahan"):
+        fns[method] = lambda m=method: refconv.conv2d_with_info(x, w, b, method=m, **geometry)
+    row.update(best_times(fns, repeat, once={"onnx.ref"}))
+    info = refconv.conv2d_with_info(x, w, b, **geometry)
+    row["fallbacks"] = info.fallbacks
+    if "mpmath" not in skip:
+        m = MP_POSITIONS[name]
+        t0 = time.perf_counter()
+        refconv.conv2d_points(x, w, b, sample=m, seed=1, **geometry)
+        row["mpmath_per_pos"] = (time.perf_counter() - t0) / m
+        from refconv.oracle import _fastpoints
+        from refconv.spec import prepare
+
+        xf, wf, bf, spec = prepare(x, w, b, **geometry)
+        shape = (spec.N, *spec.out_hw, spec.O)
+        flat = np.random.default_rng(1).choice(int(np.prod(shape)), size=8 * m, replace=False)
+        pts = np.stack(np.unravel_index(flat, shape), axis=1)
+        t0 = time.perf_counter()
+        _fastpoints.output_points_nhwc(xf, wf, bf, spec, pts, None)
+        row["fast_per_pos"] = (time.perf_counter() - t0) / (8 * m)
+    tracemalloc.start()
+    y = refconv.conv2d(x, w, b, **geometry)
+    row["peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    row["io_mib"] = (x.nbytes + w.nbytes + y.nbytes) / 2**20
+    return row
+
+
+def fmt_table(rows: list[dict]) -> str:
+    cols = ["torch", "tf", "jax", "onnx.ref", "exact", "kahan"]
+    head = ("| shape | torch f64 ms | TF f64 | jax f64 | onnx.reference f64 | exact | kahan | mpmath / position "
+            "| fast points / position | exact peak MiB (in+w+out) | exact fallbacks |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        base = r.get("torch")
+        cells = [r["shape"], f"{base * 1e3:.1f}" if base else "-"]
+        for c in cols[1:]:
+            if c not in r:
+                cells.append("-")
+            elif base:
+                cells.append(f"{r[c] * 1e3:.1f} ms ({r[c] / base:.2f}×)")
+            else:
+                cells.append(f"{r[c] * 1e3:.1f} ms")
+        mp = r.get("mpmath_per_pos")
+        cells.append(f"{mp * 1e3:.1f} ms ({1 / mp:.0f} pos/s)" if mp else "-")
+        fp = r.get("fast_per_pos")
+        cells.append(f"{fp * 1e3:.2f} ms ({1 / fp:.0f} pos/s)" if fp else "-")
+        cells.append(f"{r['peak_mib']:.0f} ({r['io_mib']:.0f})")
+        cells.append(str(r["fallbacks"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import numba
+
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}, "
+            f"numba {numba.__version__}, NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="seed shape only")
+    ap.add_argument("--shapes", nargs="*", choices=sorted(SHAPES), help="shapes to run (default: all)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip", nargs="*", default=[], help="columns to skip: tf jax onnx.ref mpmath")
+    ap.add_argument("--json", help="also write the raw rows here")
+    ap.add_argument("--threads", help="thread count for every library (set before they load)")
+    args = ap.parse_args(argv)
+    names = ["seed"] if args.quick else (args.shapes or list(SHAPES))
+    rows = []
+    for name in names:
+        rows.append(bench_shape(name, args.repeat, set(args.skip)))
+        print(f"done {name}", flush=True)
+    print(f"\nmachine: {machine()}\n")
+    print(fmt_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine(), "rows": rows}, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -252,3 +252,29 @@ def test_double_rounded_inputs_tf32_bit_masks_and_torch_half_casts(truncate):
         h = lambda a: torch.from_numpy(a).half().double().numpy()  # noqa: E731
         y = f32(torch_conv(h(x), h(w), h(b), spec))
         check(attribute(y, x, w, b, padding="SAME"), ("float16", None, "degraded"), "torch .half() storage")
+
+
+def _framework_names():
+    from refconv import frameworks
+
+    return list(frameworks.FRAMEWORKS)
+
+
+@pytest.mark.parametrize("framework", _framework_names())
+def test_every_framework_on_cpu_is_ok_in_its_dtype(framework):
+    """Each registered adapter, every dtype it runs on the CPU: its requested precision, verdict "ok"."""
+    from refconv import frameworks
+    from refconv.attribution import Problem
+    from refconv.frameworks.base import DTYPES
+
+    rng = np.random.default_rng(13)
+    x, w, b = rng.standard_normal((1, 12, 12, 16)), rng.standard_normal((3, 3, 16, 8)), rng.standard_normal(8)
+    geo = dict(stride=2, padding="SAME")
+    problem = Problem(x, w, b, **geo)
+    runs = frameworks.run_many([f"{framework}:cpu:{dt}" for dt in DTYPES], x, w, b, **geo)
+    ran = [r for r in runs if r.ok]
+    if not ran:
+        pytest.skip(f"{framework}: no dtype ran ({runs[0].error})")
+    for r in ran:
+        a = attribute(r, x, w, b, **geo, problem=problem)
+        assert (a.precision, a.mismatch, a.verdict) == (r.dtype, None, "ok"), (r.label, a.explanation)

@@ -118,6 +118,9 @@ def get_precision(name: str) -> PrecisionModel:
         raise unknown_name("precision", name, tuple(PRECISION_MODELS)) from None
 
 
+_NUMPY_CASTS = {"float32": np.float32, "float16": np.float16}
+
+
 def _exponent(a: np.ndarray, fmt: FloatFormat) -> np.ndarray:
     """floor(log2|a|), clipped below at the format's emin (subnormal spacing); 0 maps to emin."""
     _, e = np.frexp(a)
@@ -139,6 +142,9 @@ def round_to_format(a: np.ndarray, fmt: FloatFormat | str, *, truncate: bool = F
     a = np.asarray(a, dtype=np.float64)
     if fmt.p >= 53:
         return a.copy()
+    if not truncate and fmt.name in _NUMPY_CASTS:  # numpy's casts round to nearest-even once, same semantics
+        with np.errstate(over="ignore"):
+            return a.astype(_NUMPY_CASTS[fmt.name]).astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         q = np.ldexp(1.0, _exponent(a, fmt) - fmt.p + 1)
         r = (np.trunc(a / q) if truncate else np.round(a / q)) * q  # exact: power-of-two scaling

@@ -201,3 +201,22 @@ def test_round_to_float64_accepts_gmpy2_integers():
         e = int(rng.integers(-1250, 40))
         want = float(Fraction(n) * Fraction(2) ** e)
         assert round_to_float64(gmpy2.mpz(n), e) == round_to_float64(n, e) == want, (n, e)
+
+
+MEDIUM = [  # (x NHWC, w HWIO, geometry): bigger K and more outputs than the Fraction sweep, every exact path
+    ((1, 6, 6, 36), (3, 3, 36, 4), dict(stride=2, padding="SAME")),
+    ((1, 9, 8, 16), (3, 3, 1, 16), dict(groups=16, padding="SAME_LOWER", stride=(1, 2))),  # depthwise
+    ((2, 5, 7, 48), (2, 3, 24, 4), dict(groups=2, dilation=(2, 1), padding=1)),
+    ((1, 4, 4, 400), (2, 2, 400, 3), dict(padding="VALID")),  # K = 1600
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_exact_matches_mpmath_on_medium_problems(family):
+    for i, (xs, ws, geometry) in enumerate(MEDIUM):
+        rng = np.random.default_rng([i, FAMILIES.index(family)])
+        x, w, b = family_values(family, rng, xs, ws)
+        with np.errstate(all="ignore"):
+            exact = refconv.conv2d_with_info(x, w, b, **geometry)
+            mp = refconv.conv2d(x, w, b, method="mpmath", **geometry)
+        assert_bitwise_equal(exact.y, mp, f"family={family} x{xs} w{ws} {geometry} ({exact.fallbacks} fallbacks)")

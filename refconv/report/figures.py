@@ -144,8 +144,8 @@ def ulp_histogram_png(att: Any) -> bytes:
     plt = _pyplot()
     ulp = np.asarray(att.ulp, dtype=np.float64).ravel()
     fin = ulp[np.isfinite(ulp)]
+    pos = fin[fin > 0]
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    top = float(fin.max()) if fin.size else 1.0
     factor = _ulp_per_ratio(att)
     marks = []
     if factor is not None:
@@ -154,21 +154,27 @@ def ulp_histogram_png(att: Any) -> bytes:
             (p_ulp, f"probabilistic ≈ √n·u·Σ|x·w| ({p_ulp:.3g} ulp)", "tab:orange"),
             (d_ulp, f"deterministic ≈ n·u·Σ|x·w| ({d_ulp:.3g} ulp)", "tab:red"),
         ]
-    hi = max([top] + [m[0] for m in marks if m[0] <= 4 * max(top, 1.0)]) * 1.05 or 1.0
-    bins = np.linspace(0.0, hi, 61) if hi > 0 else 10
-    ax.hist(fin, bins=bins, color="tab:blue", alpha=0.85)
-    ax.set_yscale("log")
+    # log x: ULP errors span decades, and the bounds sit one to three decades above typical errors
+    hi = max([float(pos.max()) if pos.size else 1.0] + [m[0] for m in marks if np.isfinite(m[0])]) * 1.3
+    lo = max(float(pos.min()) if pos.size else hi * 1e-3, hi * 1e-6) / 1.3
+    ax.hist(pos, bins=np.geomspace(lo, hi, 61), color="tab:blue", alpha=0.85)
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    if pos.size:
+        ax.set_yscale("log")
     for value, text, color in marks:
-        if value <= hi:
-            ax.axvline(value, color=color, linestyle="--", label=text)
-        else:
-            ax.plot([], [], color=color, linestyle="--", label=text + " — off the axis")
+        ax.axvline(value, color=color, linestyle="--", label=text)
+    hidden = []
+    if fin.size > pos.size:
+        hidden.append(f"{fin.size - pos.size} exact")
     if fin.size < ulp.size:
-        ax.plot([], [], " ", label=f"{ulp.size - fin.size} non-finite elements not shown")
-    ax.set_xlabel(f"|y − exact| in ULPs of {getattr(att, 'output_dtype', '') or 'the output dtype'}")
+        hidden.append(f"{ulp.size - fin.size} non-finite")
+    if hidden:
+        ax.plot([], [], " ", label=" and ".join(hidden) + " elements not shown")
+    ax.set_xlabel(f"|y − exact| in ULPs of {getattr(att, 'output_dtype', '') or 'the output dtype'} (log scale)")
     ax.set_ylabel("elements")
     ax.set_title(_title(att), fontsize=9)
-    if marks or fin.size < ulp.size:
+    if marks or hidden:
         ax.legend(fontsize=7, loc="upper right")
     return _png(fig)
 

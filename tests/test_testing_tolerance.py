@@ -260,6 +260,17 @@ def test_callable_and_framework_run_inputs():
         assert_conv2d_close(failed, x, w, b)
 
 
+def test_precision_aliases_and_two_argument_kernels():
+    x, w, b = _rand(14)
+    y = conv2d_im2col_f32(x, w, b, ConvSpec.from_arrays(x, w, b))
+    for name in ("FP32", "single", np.float32, "float32"):
+        assert_conv2d_close(y, x, w, b, precision=name)
+    assert_conv2d_close(y, x, w, b, precision="TF32")
+    assert_conv2d_close(y.astype(np.float16), x, w, b, precision="fp16")
+    with pytest.raises(AssertionError, match="bias missing"):
+        assert_conv2d_close(lambda x, w: conv2d_im2col_f32(x, w, None, ConvSpec.from_arrays(x, w)), x, w, b)
+
+
 def test_message_contents():
     x, w, b = _rand(12)
     y = refconv.conv2d(x, w, b) * 1.001

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..spec import ConvSpec, Padding, as_float64, prepare
 from .diagnosis import Finding, diagnose, precision_signature
-from .formats import get_format, get_precision, ulp_in_format
+from .formats import get_format, precision_name, ulp_in_format
 from .tolerance import BOUNDS, Tolerance, nhwc_spec, tolerance_nhwc
 
 __all__ = ["assert_conv2d_close", "compare_conv2d", "ConvComparison", "call_kernel"]
@@ -94,7 +94,11 @@ def _att_dict(att: Any) -> Any:
 
 
 def call_kernel(fn: Callable[..., Any], x: Any, w: Any, b: Any, spec: ConvSpec) -> Any:
-    """Call a user kernel: ``fn(x, w, b, spec)`` if it takes 4+ positional args or ``spec=``, else ``fn(x, w, b)``.
+    """Call a user kernel as ``fn(x, w, b, spec)``, ``fn(x, w)`` or ``fn(x, w, b)``, by its signature.
+
+    Four or more positional parameters (or a ``spec`` keyword) get the spec;
+    exactly two get ``fn(x, w)`` (a given bias is then reported missing);
+    otherwise ``fn(x, w, b)``.
 
     The inputs are passed exactly as the caller gave them (same arrays, same
     layouts); ``spec`` is the validated :class:`~refconv.spec.ConvSpec` carrying
@@ -112,6 +116,8 @@ def call_kernel(fn: Callable[..., Any], x: Any, w: Any, b: Any, spec: ConvSpec) 
         return fn(x, w, b, spec)
     if any(p.name == "spec" for p in params) or any(p.kind == p.VAR_KEYWORD for p in params):
         return fn(x, w, b, spec=spec)
+    if len(positional) == 2:  # a bias-less kernel fn(x, w): a given bias is then reported missing
+        return fn(x, w)
     return fn(x, w, b)
 
 
@@ -238,7 +244,9 @@ def compare_conv2d(
             geometry = dict(stride=s.stride, padding=s.padding, dilation=s.dilation, groups=s.groups,
                             data_format=s.data_format, kernel_format=s.kernel_format)
         inputs_seen = {k: v for k, v in actual.inputs_seen.items() if v is not None} or None
-    get_precision(precision)
+    precision = precision_name(precision)
+    if accumulation is not None:
+        accumulation = get_format(accumulation).name
     if bound not in BOUNDS:
         from ..errors import unknown_name
 
@@ -408,8 +416,10 @@ def assert_conv2d_close(
     ``data_format``; a :class:`~refconv.frameworks.FrameworkRun` (its output;
     its spec's geometry is used when no geometry is passed); or a callable,
     called as ``fn(x, w, b, spec)`` when it takes four positional arguments (or
-    a ``spec`` keyword) and as ``fn(x, w, b)`` otherwise, with the inputs
-    exactly as given here and the validated :class:`~refconv.spec.ConvSpec`.
+    a ``spec`` keyword), ``fn(x, w)`` when it takes two, and ``fn(x, w, b)``
+    otherwise, with the inputs exactly as given here and the validated
+    :class:`~refconv.spec.ConvSpec`. ``precision`` is case-insensitive and
+    accepts aliases ("fp32", "fp16", "half", "bf16", "TF32") and NumPy dtypes.
     The reference is the exact cross-correlation (correctly rounded, float64)
     with the given geometry; layouts as in :func:`refconv.conv2d`.
 

@@ -18,7 +18,10 @@ import numpy as np
 
 from ..errors import unknown_name
 
-__all__ = ["FloatFormat", "PrecisionModel", "FORMATS", "PRECISION_MODELS", "round_to_format", "ulp_in_format"]
+__all__ = [
+    "FloatFormat", "PrecisionModel", "FORMATS", "PRECISION_MODELS", "PRECISION_ALIASES", "round_to_format",
+    "ulp_in_format", "precision_name", "get_format", "get_precision",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,28 +97,54 @@ PRECISION_MODELS: dict[str, PrecisionModel] = {
 }
 
 
-def get_format(name: str) -> FloatFormat:
-    """Look up a format by name, raising the standard "unknown format" error.
+def get_format(name: object) -> FloatFormat:
+    """Look up a format by name (aliases as in :func:`precision_name`), raising the standard "unknown format" error.
 
     >>> get_format("bfloat16").p
     8
     """
+    key = PRECISION_ALIASES.get(str(name).lower(), str(name).lower()) if isinstance(name, str) else name
     try:
-        return FORMATS[name]
+        return FORMATS[key]  # type: ignore[index]
     except (KeyError, TypeError):
         raise unknown_name("format", name, tuple(FORMATS)) from None
 
 
-def get_precision(name: str) -> PrecisionModel:
-    """Look up a precision model by name, raising the standard "unknown precision" error.
+PRECISION_ALIASES = {
+    "fp64": "float64", "double": "float64", "f64": "float64",
+    "fp32": "float32", "single": "float32", "f32": "float32", "ieee": "float32",
+    "fp16": "float16", "half": "float16", "f16": "float16",
+    "bf16": "bfloat16",
+    "tensorfloat32": "tf32", "tensor_float_32": "tf32",
+}
+
+
+def precision_name(name: object) -> str:
+    """Canonical precision name: case-insensitive, common aliases (fp16, bf16, half, ...) and dtypes accepted.
+
+    >>> precision_name("FP16"), precision_name(np.float32), precision_name("TF32")
+    ('float16', 'float32', 'tf32')
+    """
+    key = name
+    if not isinstance(name, str):
+        try:
+            key = np.dtype(name).name  # type: ignore[arg-type]
+        except TypeError:
+            key = str(name)
+    key = str(key).strip().lower()
+    key = PRECISION_ALIASES.get(key, key)
+    if key not in PRECISION_MODELS:
+        raise unknown_name("precision", name, tuple(PRECISION_MODELS))
+    return key
+
+
+def get_precision(name: object) -> PrecisionModel:
+    """Look up a precision model by name (see :func:`precision_name`), raising the standard "unknown precision" error.
 
     >>> get_precision("tf32").inputs
     'tf32'
     """
-    try:
-        return PRECISION_MODELS[name]
-    except (KeyError, TypeError):
-        raise unknown_name("precision", name, tuple(PRECISION_MODELS)) from None
+    return PRECISION_MODELS[precision_name(name)]
 
 
 _NUMPY_CASTS = {"float32": np.float32, "float16": np.float16}

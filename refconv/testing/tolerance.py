@@ -46,7 +46,7 @@ import numpy as np
 
 from ..errors import unknown_name
 from ..spec import ConvSpec, Padding, prepare
-from .formats import PRECISION_MODELS, FloatFormat, get_format, get_precision, round_to_format
+from .formats import FloatFormat, get_format, get_precision, round_to_format
 
 __all__ = ["Tolerance", "conv2d_tolerance", "BOUNDS", "PROBABILISTIC_LAMBDA", "tolerance_nhwc", "nhwc_spec"]
 
@@ -170,6 +170,7 @@ def tolerance_nhwc(
     from ..oracle._im2col import float_conv_nhwc
 
     model = get_precision(precision)
+    precision = model.name
     acc = get_format(accumulation if accumulation is not None else model.accumulation)
     fin, fout = get_format(model.inputs), get_format(output if output is not None else model.output)
     if bound not in BOUNDS:
@@ -270,8 +271,7 @@ def conv2d_tolerance(
     >>> bool(np.all(t16.tol > t32.tol)), float(t32.exact[0, 1, 1, 0])
     (True, 27.0)
     """
-    if precision not in PRECISION_MODELS:
-        get_precision(precision)
+    precision = get_precision(precision).name
     xf, wf, bf, spec = prepare(
         x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
         data_format=data_format, kernel_format=kernel_format,

@@ -43,6 +43,6 @@ class FrameworkRunError(RefconvError, RuntimeError):
     """A framework could not run the requested convolution (dtype, device, ...)."""
 
 
-def unknown_name(kind: str, name: object, valid: "list[str] | tuple[str, ...]") -> UnknownNameError:
+def unknown_name(kind: str, name: object, valid: list[str] | tuple[str, ...]) -> UnknownNameError:
     """Build the standard "unknown X" error listing the valid choices."""
     return UnknownNameError(f"unknown {kind} {name!r}; valid choices: {', '.join(map(repr, valid))}")

@@ -220,3 +220,7 @@ def test_exact_matches_mpmath_on_medium_problems(family):
             exact = refconv.conv2d_with_info(x, w, b, **geometry)
             mp = refconv.conv2d(x, w, b, method="mpmath", **geometry)
         assert_bitwise_equal(exact.y, mp, f"family={family} x{xs} w{ws} {geometry} ({exact.fallbacks} fallbacks)")
+        every = np.argwhere(np.ones(mp.shape, dtype=bool))
+        with np.errstate(all="ignore"):
+            pts = refconv.conv2d_points(x, w, b, positions=every, **geometry)
+        assert_bitwise_equal(pts.values, mp.ravel(), f"conv2d_points, family={family} x{xs} w{ws} {geometry}")

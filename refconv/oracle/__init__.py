@@ -203,11 +203,13 @@ def conv2d_points(
     data_format: str = "NHWC",
     kernel_format: str | None = None,
 ) -> PointValues:
-    """mpmath oracle at chosen output positions: spot-check a large conv.
+    """Exact oracle at chosen output positions: spot-check a large conv.
 
     Give ``positions`` ((M, 4) indices in the output's data_format) or ``sample``
     (M positions drawn uniformly without replacement, reproducible by ``seed``).
-    The sum is exact; ``dps=None`` returns float64 correctly rounded from it,
+    The sum is exact (an error-free integer evaluator, :mod:`refconv.oracle._fastpoints`,
+    with mpmath, :mod:`refconv.oracle.mp`, for the terms it does not cover:
+    non-finite values, extreme exponents); ``dps=None`` returns float64 correctly rounded from it,
     ``dps=40`` returns mpf values rounded once to 40 digits (about 133 bits; print
     them with ``mpmath.nstr(v, 40)``: ``str(v)`` shows only ``mpmath.mp.dps`` digits).
     Rounding that mpf to float64 again rounds twice, which can differ from the
@@ -220,7 +222,7 @@ def conv2d_points(
     >>> conv2d_points(np.ones((1, 3, 3, 1)), np.full((3, 3, 1, 1), 0.1), positions=[(0, 0, 0, 0)]).values
     array([0.9])
     """
-    from .mp import output_points_nhwc
+    from ._fastpoints import output_points_nhwc
 
     xf, wf, bf, spec = prepare(
         x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,

@@ -1,19 +1,42 @@
-"""Correctly rounded conv: error-free splitting onto BLAS, certified, exact fallback.
+"""Correctly rounded conv: error-free splitting onto BLAS, certified per element, exact fallback.
 
-Each im2col tile A (rows = output positions) and the weight matrix B (rows =
-output channels) are scaled per row by a power of two and split into two
-integer digits and a remainder (Ozaki, Ogita, Oishi, Rump, Numer. Algorithms
-59, 2012):
+**GEMM path** (:func:`choose_path` picks it for ordinary convs). Each im2col
+tile A (rows = output positions, fused im2col in Numba) and each weight column
+block B are scaled per row/column by a power of two (|·| < 1) and split
+(Ozaki, Ogita, Oishi, Rump, Numer. Algorithms 59, 2012):
 
-    A·2^-e = d1·2^-β + d2·2^-2β + r2,   |d1|, |d2| < 2^β,   β = ⌊(53 - ⌈log2 K⌉) / 2⌋
+    A·2^-e = a1 + r1,   a1 = trunc(A·2^(β-e))·2^-β,   β = ⌊(53 - ⌈log2 K⌉) / 2⌋
 
-A digit product d_A @ d_Bᵀ is a sum of K integers below 2^(2β), so float64 GEMM
-computes it *exactly* in any summation order. The pairs with s + t ≤ 3 are done
-exactly; the small tail is one float GEMM whose error is bounded rigorously.
-All terms (and the bias) are summed error-free with TwoSum into a
-double-double. An element is *decided* when its whole uncertainty interval
-rounds to one float64; the rest (near a rounding midpoint, huge cancellation,
-subnormal or overflowing results) go to the exact integer fallback.
+so a1 @ b1 is a sum of K integers below 2^(2β)·2^(-2β) units and float64 GEMM
+computes it *exactly* in any summation order.
+
+* Level 1 (3 GEMMs): exact p1 = a1 @ b1 plus the float tail
+  T = A_s @ r1_B + r1_A @ b1 (magnitude ≈ 2^-β of the products), computed in
+  K-chunks of 256 so its rigorous bound is γ_(256 + 2K/256)·Σ|·||·|
+  (:func:`tail_gamma`, Higham 2002 eq. 3.5 and §4.2), with Σ|·||·| bounded from
+  row statistics. p1, T and the bias are added by TwoSum; an element is
+  *decided* when its whole uncertainty interval rounds to one float64.
+* Level 2 (6 GEMMs, used when the predicted share (``predict_undecided`` from p1 — before the
+  tail is computed) or the actual level-1 outcome says more than 5% of a
+  tile would stay undecided, e.g. under cancellation): exact a1@b1, a1@b2,
+  a2@b1 (second digits of the remainders) plus a float tail of magnitude
+  ≈ 2^-2β.
+* Undecided elements are re-checked by a certified Numba Dot2 of the scaled
+  row and column, and only what that cannot decide (near a rounding midpoint,
+  extreme cancellation, subnormal or overflowing results, bias that does not
+  scale exactly) goes to the exact integer dot product
+  (:func:`refconv.oracle._exactsum.exact_dot`). Scaling below 2^-1022 may round:
+  such rows are flagged and covered by an absolute slack, and never read as an
+  exact zero.
+
+**Direct path** (depthwise and other convs with < 16 output channels per group
+or < 16 terms): the vectorized Numba Dot2 kernel of the "kahan" method gives
+(hi, lo, rigorous bound) per element; decided as above, else the exact integer
+dot product. All-zero windows are recognized exactly.
+
+Both paths are correctly rounded (so bitwise reproducible); they differ only in
+speed. Memory: the inputs, weights and output plus ``workspace_bytes`` for the
+tiles (half for split weight columns, half for im2col rows).
 """
 
 from __future__ import annotations
@@ -26,132 +49,10 @@ from ..spec import ConvSpec
 from ._exactsum import exact_dot
 from ._im2col import DEFAULT_WORKSPACE_BYTES, float_conv_nhwc, group_slices, pad_nhwc, row_tiles, window_view
 
-_TINY = 2.0**-1074
-_MIN_NORMAL = 2.0**-1022
-
 
 def digit_bits(k: int) -> int:
     """β: bits per digit so that K products of two β-bit digits sum exactly in float64."""
     return (53 - max(0, int(k - 1).bit_length())) // 2
-
-
-@dataclasses.dataclass
-class Split:
-    """Row-wise split of a finite matrix M, scaled per row by 2^-exp (|M_row| < 2^exp).
-
-    M·2^-exp = d1·2^-β + r1,  r1 = d2·2^-2β + r2,  with integer |d1|, |d2| < 2^β.
-    """
-
-    exp: np.ndarray  # (R,) int64
-    d1: np.ndarray
-    d2: np.ndarray
-    r1: np.ndarray
-    r2: np.ndarray
-    a1_sum: np.ndarray  # Σ|d1·2^-β| per row
-    r1_max: np.ndarray
-    r1_sum: np.ndarray
-    r2_max: np.ndarray
-    src: np.ndarray  # M itself (a reference), to re-check the scaling where it matters
-
-
-def split_rows(m: np.ndarray, beta: int) -> Split:
-    """Split each row of a finite float64 matrix into two β-bit integer digits and a remainder.
-
-    Scaling by 2^-exp is exact except below 2^-1022, which the absolute slack
-    of :func:`certified_product` covers; the digit/remainder steps are exact.
-    """
-    amax = np.max(np.abs(m), axis=1)
-    exp = np.frexp(amax)[1].astype(np.int64)
-    ms = np.ldexp(m, -exp[:, None])
-    d1 = np.trunc(ms * 2.0**beta)
-    r1 = ms - d1 * 2.0**-beta
-    d2 = np.trunc(r1 * 2.0 ** (2 * beta))
-    r2 = r1 - d2 * 2.0 ** (-2 * beta)
-    ar1 = np.abs(r1)
-    return Split(
-        exp, d1, d2, r1, r2,
-        a1_sum=np.sum(np.abs(d1), axis=1) * 2.0**-beta,
-        r1_max=np.max(ar1, axis=1),
-        r1_sum=np.sum(ar1, axis=1),
-        r2_max=np.max(np.abs(r2), axis=1),
-        src=m,
-    )
-
-
-def _scaling_exact(s: Split, rows: np.ndarray) -> np.ndarray:
-    """Per row: True where M·2^-exp lost no bits to underflow (checked only for ``rows``, a bool mask)."""
-    ok = np.zeros(rows.shape, dtype=bool)
-    m, e = s.src[rows], s.exp[rows, None]
-    ok[rows] = np.all(np.ldexp(np.ldexp(m, -e), e) == m, axis=1)
-    return ok
-
-
-def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    s = a + b
-    bb = s - a
-    return s, (a - (s - bb)) + (b - bb)
-
-
-def certified_product(
-    sa: Split, sb: Split, k: int, beta: int, bias: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Σ_k A_ik B_jk (+ bias_j), correctly rounded where decidable.
-
-    Exact GEMMs: d1·d1, d1·d2, d2·d1 (digit pairs with s + t ≤ 3). The rest,
-    T = r1_A·r1_Bᵀ + A1·r2_Bᵀ + r2_A·B1ᵀ, is one float GEMM bounded by
-    γ_3K·|X||Y| (Higham 2002, eq. 3.5, any summation order). The terms are
-    summed with TwoSum into a double-double. Returns (values, decided).
-    """
-    b1 = sb.d1 * 2.0**-beta
-    terms = [
-        (sa.d1 @ sb.d1.T) * 2.0 ** (-2 * beta),
-        (sa.d1 @ sb.d2.T) * 2.0 ** (-3 * beta),
-        (sa.d2 @ sb.d1.T) * 2.0 ** (-3 * beta),
-    ]
-    xs, ys = [sa.r1], [sb.r1]
-    if sb.r2.any():
-        xs.append(sa.d1 * 2.0**-beta)
-        ys.append(sb.r2)
-    if sa.r2.any():
-        xs.append(sa.r2)
-        ys.append(b1)
-    kt = k * len(xs)
-    terms.append(np.hstack(xs) @ np.hstack(ys).T if len(xs) > 1 else sa.r1 @ sb.r1.T)
-
-    ea, eb = sa.exp[:, None], sb.exp[None, :]
-    scale_exp = ea + eb
-    bias_ok = np.ones(terms[0].shape, dtype=bool)
-    if bias is not None:
-        bscaled = np.ldexp(np.broadcast_to(bias[None, :], bias_ok.shape), -scale_exp)
-        bias_ok = np.isfinite(bscaled) & (np.ldexp(bscaled, scale_exp) == bias[None, :])
-        terms.append(np.where(bias_ok, bscaled, 0.0))
-
-    acc, corr, errsum = terms[0], np.zeros_like(terms[0]), np.zeros_like(terms[0])
-    for t in terms[1:]:
-        acc, err = _two_sum(acc, t)
-        corr += err
-        errsum += np.abs(err)
-
-    # Rigorous bound, in units of 2^(e_i + f_j), of the float tail GEMM and the sums above.
-    nu = kt * 2.0**-53
-    gamma = nu / (1 - nu)
-    mag = np.multiply.outer(sa.r1_max, sb.r1_sum)
-    if len(xs) > 1:
-        mag += np.multiply.outer(sa.a1_sum, sb.r2_max) + np.multiply.outer(sa.r2_max, sb.a1_sum + sb.r1_sum)
-    n = len(terms)
-    bound = gamma * mag * (1 + 2.0**-40) + (n + 2) * 2.0**-52 * errsum + 8 * kt * 2.0**-1022
-
-    hi, lo = _two_sum(acc, corr)
-    with np.errstate(over="ignore", invalid="ignore"):
-        gap = np.minimum(np.nextafter(hi, np.inf) - hi, hi - np.nextafter(hi, -np.inf))
-        decided = (np.abs(lo) + bound) * (1 + 2.0**-50) < 0.5 * gap
-        y = np.ldexp(hi, scale_exp)
-        decided &= bias_ok & np.isfinite(y) & (np.abs(hi) >= _MIN_NORMAL) & (np.abs(y) >= _MIN_NORMAL)
-    exact_zero = (acc == 0) & (corr == 0) & (errsum == 0) & (mag == 0) & bias_ok
-    if exact_zero.any():  # rare: only trust it where the row scaling lost nothing to underflow
-        exact_zero &= _scaling_exact(sa, exact_zero.any(axis=1))[:, None] & _scaling_exact(sb, exact_zero.any(axis=0))
-    y[exact_zero] = 0.0
-    return y, decided | exact_zero
 
 
 @dataclasses.dataclass

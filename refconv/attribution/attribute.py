@@ -801,7 +801,7 @@ def attribute(
     if pfit is not None and pfit.survivors:
         hres = _hypotheses_when_a_model_fits(prob, yc, seen, out_fmt, pfit)
         if hres is None:
-            precision, verdict = choose_precision(requested, _by_output(pfit.candidates, out_fmt))
+            precision, verdict = choose_precision(requested, _by_output(pfit, out_fmt))
             fit = pfit.for_label(precision) if precision else None
             outliers = None if fit is None else _statistical_outliers(yc, fit, prob, cspec, out_fmt)
             if outliers is not None:
@@ -814,19 +814,19 @@ def attribute(
             fb = fit_precisions(prob, seen, cspec, yc, out_fmt, fallback=True)
             if fb.survivors:
                 pfit = fb
-                precision, verdict = choose_precision(requested, _by_output(fb.candidates, out_fmt))
+                precision, verdict = choose_precision(requested, _by_output(fb, out_fmt))
                 extra["accumulation"] = "float16"
     if hres is not None:
         mismatch, detail, verdict = hres.hypothesis.kind, hres.hypothesis.detail, "mismatch"
-        hp, _ = choose_precision(requested, _by_output(hres.fit.candidates, out_fmt))
+        hp, _ = choose_precision(requested, _by_output(hres.fit, out_fmt))
         extra["precision_under_mismatch"] = hp
-        extra["candidates_under_mismatch"] = _by_output(hres.fit.candidates, out_fmt)
+        extra["candidates_under_mismatch"] = _by_output(hres.fit, out_fmt)
         candidates: list[str] = []
     elif precision is None:
         verdict, mismatch = "unexplained", "unexplained"
         candidates = []
     else:
-        candidates = _by_output(pfit.candidates, out_fmt)  # type: ignore[union-attr]
+        candidates = _by_output(pfit, out_fmt)  # type: ignore[arg-type]
 
     chosen: ModelFit | None = None
     if precision is not None and pfit is not None:
@@ -863,12 +863,19 @@ def _canonical_y(yf: np.ndarray, spec: ConvSpec) -> np.ndarray:
     return np.ascontiguousarray(spec.y_to_nhwc(yf))
 
 
-def _by_output(candidates: list[str], out_fmt: str) -> list[str]:
-    """Precision cannot exceed the output's own grid: bfloat16 values returned for a float32 request are bfloat16
-    arithmetic whatever the inputs were (the output rounding hides the input formats)."""
+def _by_output(fit: PrecisionFit, out_fmt: str) -> list[str]:
+    """The candidates the output's own grid allows.
+
+    Precision cannot exceed the output grid (bfloat16 values returned for a float32 request are bfloat16
+    arithmetic whatever the inputs were), and an accumulator coarser than the output grid cannot have produced
+    it (float64 values off the float32 grid were not accumulated in float32). Falls back to every candidate.
+    """
     floor = PRECISION_RANK.get(out_fmt, 0)
-    kept = [c for c in candidates if PRECISION_RANK[c] >= floor]
-    return kept or candidates
+    out_p = FORMATS[out_fmt].precision
+    labels = {f.model.label for f in fit.survivors
+              if PRECISION_RANK[f.model.label] >= floor and FORMATS[f.model.accumulation].precision >= out_p}
+    kept = [lab for lab in LABEL_ORDER if lab in labels]
+    return kept or fit.candidates
 
 
 def _statistical_outliers(yc: np.ndarray, fit: ModelFit, prob: Problem, spec: ConvSpec, out_fmt: str):

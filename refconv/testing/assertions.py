@@ -324,7 +324,8 @@ def compare_conv2d(
     att = None
     if explain:
         findings = diagnose(an, xn, wn, bf, sn, precision=precision, accumulation=accumulation, bound=bound,
-                            failing=failing, padding_label=repr(spec.padding), excess=ratio)
+                            failing=failing, padding_label=repr(spec.padding), excess=ratio,
+                            data_format=spec.data_format)
         att, why = _attribute(actual if inputs_seen is not None else a, x, w, b, geometry, precision, inputs_seen)
         lines.extend(_explanation_lines(att, why, findings))
         if any(f.kind == "arithmetic" for f in findings) and t.user_override is None:

@@ -239,7 +239,8 @@ def _precision_alts(x, w, b, spec: ConvSpec, out_shape: tuple, requested: str) -
             yield _Alt("precision", f"inputs {how} {cand}", rx, rw, rb, spec, input_rounding=False)
         if not truncate and FORMATS[cand].p < FORMATS[model.output].p and cand != "tf32":
             # a whole low-precision run: inputs, bias and output in cand, float32 accumulation
-            yield _Alt("precision", f"inputs rounded to {cand}", rx, rw, rb, spec, input_rounding=False, output=cand)
+            yield _Alt("precision", f"inputs and output rounded to {cand}", rx, rw, rb, spec, input_rounding=False,
+                       output=cand)
     for cand in ("float16", "bfloat16", "float32"):
         if FORMATS[cand].p >= FORMATS[model.output].p:
             continue
@@ -281,7 +282,13 @@ def _precision_statement(fits: list[_Alt], requested: str, x: np.ndarray, w: np.
 CORRUPTION_MIN_EXCESS = 4.0
 
 
-def _corruption(failing: np.ndarray | None, excess: np.ndarray | None = None) -> Finding | None:
+def _is_tight(alt: _Alt) -> bool:
+    """Rounded inputs under the claimed model (tight), as opposed to a looser output/accumulation model."""
+    return alt.statement.startswith("inputs") and alt.output is None and alt.accumulation is None
+
+
+def _corruption(failing: np.ndarray | None, excess: np.ndarray | None = None,
+                data_format: str = "NHWC") -> Finding | None:
     """A few isolated failing elements among many good ones: corruption, not a systematic fault.
 
     At most max(1, 1%) of the elements may fail, and (when ``excess`` = error/tolerance
@@ -295,12 +302,13 @@ def _corruption(failing: np.ndarray | None, excess: np.ndarray | None = None) ->
         return None
     if excess is not None and not np.all(np.nan_to_num(excess[failing], nan=np.inf) >= CORRUPTION_MIN_EXCESS):
         return None
-    idx = [tuple(int(i) for i in p) for p in np.argwhere(failing)[:5]]
+    perm = (0, 1, 2, 3) if data_format == "NHWC" else (0, 3, 1, 2)
+    idx = [tuple(int(p[k]) for k in perm) for p in np.argwhere(failing)[:5]]
     if nfail == 1:
-        return Finding("corrupted", f"single corrupted element at NHWC index {idx[0]}; every other element is "
-                       "within tolerance", 1 - 1 / size)
-    return Finding("corrupted", f"{nfail} isolated corrupted elements (e.g. at NHWC {idx}); every other element "
-                   "is within tolerance", 1 - nfail / size)
+        return Finding("corrupted", f"single corrupted element at {data_format} index {idx[0]}; every other element "
+                       "is within tolerance", 1 - 1 / size)
+    return Finding("corrupted", f"{nfail} isolated corrupted elements (e.g. at {data_format} {idx}); every other "
+                   "element is within tolerance", 1 - nfail / size)
 
 
 def diagnose(
@@ -316,6 +324,7 @@ def diagnose(
     failing: np.ndarray | None = None,
     padding_label: str | None = None,
     excess: np.ndarray | None = None,
+    data_format: str = "NHWC",
 ) -> list[Finding]:
     """Name the fault class behind a failing output (NHWC ``actual``, NHWC x, HWIO w, NHWC spec).
 
@@ -323,7 +332,8 @@ def diagnose(
     "padding", "kernel_flip", "kernel_layout", "bias", "precision", "corrupted",
     "arithmetic". ``failing`` (bool, NHWC) marks the elements that exceeded the
     tolerance under the requested model and ``excess`` their error/tolerance;
-    they enable the corruption diagnosis.
+    they enable the corruption diagnosis, whose indices are given in
+    ``data_format`` (the caller's layout).
     ``padding_label`` is how the caller wrote the padding (e.g. "'SAME'"), for
     the messages. Several structural findings mean the output cannot tell them
     apart (e.g. a flip along an axis with a single contributing tap looks like a
@@ -341,15 +351,14 @@ def diagnose(
     if found or out_shape != spec.output_shape:
         return found
     alts = list(_precision_alts(x, w, b, spec, out_shape, precision))
-    inputs = [a for a in alts if a.statement.startswith("inputs")]
-    fits = [a for a in inputs if _fraction_fitting(actual_nhwc, a, ctx) == 1.0]
+    tight = [a for a in alts if _is_tight(a)]  # rounded inputs, everything else as claimed
+    fits = [a for a in tight if _fraction_fitting(actual_nhwc, a, ctx) == 1.0]
     if fits:
         return [Finding("precision", _precision_statement(fits, precision, x, w))]
-    corrupted = _corruption(failing, excess)
+    corrupted = _corruption(failing, excess, data_format)
     if corrupted is not None:
         return [corrupted]
-    fits = [a for a in alts if not a.statement.startswith("inputs")
-            and _fraction_fitting(actual_nhwc, a, ctx, plausible=True) == 1.0]
+    fits = [a for a in alts if not _is_tight(a) and _fraction_fitting(actual_nhwc, a, ctx, plausible=True) == 1.0]
     if fits:
         return [Finding("precision", _precision_statement(fits, precision, x, w))]
     if failing is not None and failing.any():
@@ -413,7 +422,7 @@ def precision_signature(
     idx = np.unravel_index(np.sort(pix), (n_, oh, ow))
     a_s, e_s, keep = actual_nhwc[idx], exact_nhwc[idx], ~flushable[idx]
     base = _conv_at(x, w, None, spec, idx)
-    alts = [a for a in _precision_alts(x, w, b, spec, actual_nhwc.shape, precision) if a.statement.startswith("inputs")]
+    alts = [a for a in _precision_alts(x, w, b, spec, actual_nhwc.shape, precision) if _is_tight(a)]
     cache: dict[tuple[int, int], np.ndarray] = {}  # alts stay alive in the list, so ids are stable
     exact_s = base + (0.0 if b is None else b)
     with np.errstate(invalid="ignore", over="ignore"):

@@ -146,7 +146,7 @@ def render_text(report: Any, *, answer: str | None = None) -> str:
         if len(shown) > _MAX_TEXT_PAIRS:  # many runs: state the pairs with a wrong side, summarize the others
             shown = [p for p in report.pairs if p.wrong != "neither"]
             rest = [p for p in report.pairs if p.wrong == "neither"]
-        out += [f"  - {p.statement}" for p in shown]
+        out += [_wrap(p.statement, "  - ", "    ") for p in shown]
         if rest:
             gap = max(p.max_abs_diff for p in rest)
             out.append(f"  - {len(rest)} more pairs: neither side is wrong (largest gap {_fmt(gap)}); --json and "
@@ -155,16 +155,16 @@ def render_text(report: Any, *, answer: str | None = None) -> str:
     if explained:
         out += ["", "Explanations:"]
         for run, att in explained:
-            out.append(f"  {att.label or run_label(run)}: {att.explanation}")
+            out.append(_wrap(f"{att.label or run_label(run)}: {att.explanation}", "  ", "    "))
             tol = _tolerance_text(att.suggested_tolerance)
             if tol:
-                out.append(f"      suggested tolerance: {tol}")
+                out.append(_wrap(f"suggested tolerance: {tol}", "      ", "        "))
     failed = [run for run, att in _rows(report) if att is None]
     if failed:
         out += ["", "Failed runs:"]
-        out += [f"  {run_label(r)}: {_one_line(_failure(r))}" for r in failed]
+        out += [_wrap(f"{run_label(r)}: {_one_line(_failure(r))}", "  ", "    ") for r in failed]
     if answer:
-        out += ["", "Answer:", *("  " + line for line in answer.splitlines())]
+        out += ["", "Answer:", *(_wrap(line, "  ", "    ") for line in answer.splitlines())]
     return "\n".join(out)
 
 
@@ -198,6 +198,17 @@ def report_document(report: Any, **extra: Any) -> dict[str, Any]:
             rec["explanation"] = f"run failed: {_failure(run)}"
     doc.update(extra)
     return doc
+
+
+_TEXT_WIDTH = 110
+
+
+def _wrap(text: str, first: str, rest: str) -> str:
+    """Wrap one paragraph for the terminal (long words such as labels are never split)."""
+    import textwrap
+
+    return textwrap.fill(text, width=_TEXT_WIDTH, initial_indent=first, subsequent_indent=rest,
+                         break_long_words=False, break_on_hyphens=False)
 
 
 def _failure(run: Any) -> str:

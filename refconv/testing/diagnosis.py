@@ -288,7 +288,7 @@ def _is_tight(alt: _Alt) -> bool:
 
 
 def _corruption(failing: np.ndarray | None, excess: np.ndarray | None = None,
-                data_format: str = "NHWC") -> Finding | None:
+                data_format: str = "NHWC", *, single_only: bool = False) -> Finding | None:
     """A few isolated failing elements among many good ones: corruption, not a systematic fault.
 
     At most max(1, 1%) of the elements may fail, and (when ``excess`` = error/tolerance
@@ -298,7 +298,7 @@ def _corruption(failing: np.ndarray | None, excess: np.ndarray | None = None,
     if failing is None or not failing.any():
         return None
     nfail, size = int(failing.sum()), failing.size
-    if nfail > max(1, size // 100) or nfail == size:
+    if nfail > max(1, size // 100) or nfail == size or (single_only and (nfail > 1 or size < 4)):
         return None
     if excess is not None and not np.all(np.nan_to_num(excess[failing], nan=np.inf) >= CORRUPTION_MIN_EXCESS):
         return None
@@ -361,6 +361,9 @@ def diagnose(
     fits = [a for a in alts if not _is_tight(a) and _fraction_fitting(actual_nhwc, a, ctx, plausible=True) == 1.0]
     if fits:
         return [Finding("precision", _precision_statement(fits, precision, x, w))]
+    corrupted = _corruption(failing, None, data_format, single_only=True)  # one bad element, however slightly
+    if corrupted is not None:
+        return [corrupted]
     if failing is not None and failing.any():
         nfail, size = int(failing.sum()), failing.size
         return [Finding(

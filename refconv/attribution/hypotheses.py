@@ -83,7 +83,7 @@ def _padding(spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
         same = tf_same_padding(size, k, s, d)
         tvm = tf_same_padding(size, k, 1, d)
         half = (k - 1) * d // 2
-        opts: dict[tuple[int, int], str] = {}
+        opts: dict[tuple[int, int], str] = {spec.pads[a]: "as asked"}
         for p, name in (
             ((half, half), "symmetric"),
             (same, "SAME"),
@@ -97,6 +97,10 @@ def _padding(spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
             (spec.pads[a][::-1], "before/after swapped"),
         ):
             opts.setdefault(tuple(p), name)  # type: ignore[arg-type]
+        p0, p1 = spec.pads[a]
+        for p in ((p0 + 1, p1), (p0 - 1, p1), (p0, p1 + 1), (p0, p1 - 1)):
+            if min(p) >= 0:
+                opts.setdefault(p, "one pad off by one")
         per_axis.append(opts)
     seen = {spec.pads}
     for (ph, nh), (pw, nw) in itertools.product(per_axis[0].items(), per_axis[1].items()):

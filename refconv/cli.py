@@ -356,7 +356,7 @@ def frameworks_document(infos: Any = None) -> list[dict[str, Any]]:
     return out
 
 
-def cmd_frameworks(args: argparse.Namespace) -> int:
+def _cmd_frameworks(args: argparse.Namespace) -> int:
     doc = frameworks_document()
     if args.json:
         print(json.dumps({"frameworks": doc}, indent=2, default=str))
@@ -383,7 +383,7 @@ def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, d)]
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def _cmd_compare(args: argparse.Namespace) -> int:
     geometry = _geometry(args)
     if args.inputs:
         x, w, b = _load_inputs(args.inputs)
@@ -434,7 +434,7 @@ def seed_runs(available: Any = None) -> list[str]:
     return out
 
 
-def cmd_example(args: argparse.Namespace) -> int:
+def _cmd_example(args: argparse.Namespace) -> int:
     if args.name != "seed":
         raise unknown_name("example", args.name, list(EXAMPLES))
     return EXAMPLES[args.name](args)
@@ -456,7 +456,7 @@ def _example_seed(args: argparse.Namespace) -> int:
 EXAMPLES: dict[str, Callable[[argparse.Namespace], int]] = {"seed": _example_seed}
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _cmd_check(args: argparse.Namespace) -> int:
     from .attribution import Report, attribute
     from .frameworks import FrameworkRun
     from .spec import ConvSpec, as_float64
@@ -552,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("frameworks", help="installed frameworks, versions, devices and precision knobs")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
-    p.set_defaults(func=cmd_frameworks, quiet=True, html=None)
+    p.set_defaults(func=_cmd_frameworks, quiet=True, html=None)
 
     p = sub.add_parser("compare", help="run one conv in several frameworks and attribute each run")
     _add_conv_geometry(p, shapes=True)
@@ -563,14 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--save-inputs", metavar="NPZ", help="write the inputs used to this .npz")
     _add_runs(p, "default: every installed framework on every device, float32 plus float64 where supported")
     _add_output(p)
-    p.set_defaults(func=cmd_compare)
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("example", help="worked examples; 'seed' answers the seed notebook's question")
     p.add_argument("name", choices=list(EXAMPLES), help="example name")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _add_runs(p, "default: torch float64 and tensorflow float32, on the CPU and every GPU")
     _add_output(p)
-    p.set_defaults(func=cmd_example)
+    p.set_defaults(func=_cmd_example)
 
     p = sub.add_parser("check", help="attribute your own saved output against the oracle")
     p.add_argument("output", help=".npy with the output y to judge (in --layout)")
@@ -580,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="user", help="name of the run in the report (default user)")
     _add_conv_geometry(p, shapes=False)
     _add_output(p)
-    p.set_defaults(func=cmd_check)
+    p.set_defaults(func=_cmd_check)
     return parser
 
 

@@ -11,6 +11,7 @@ __all__ = [
     "ShapeError",
     "DTypeError",
     "UnknownNameError",
+    "DuplicateNameError",
     "FrameworkUnavailableError",
     "FrameworkRunError",
 ]
@@ -33,6 +34,14 @@ class UnknownNameError(RefconvError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class DuplicateNameError(RefconvError, ValueError):
+    """A registry name is already taken (register it under another name, or unregister it first).
+
+    >>> issubclass(DuplicateNameError, ValueError)
+    True
+    """
 
 
 class FrameworkUnavailableError(RefconvError, ImportError):

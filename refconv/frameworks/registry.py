@@ -18,19 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RefconvError, unknown_name
+from ..errors import DuplicateNameError, unknown_name
 from ..spec import ConvSpec
 from ._adapter import Adapter, Computed, DeviceInfo, cpu_name, dtype_name, numpy_cast, to_float64_numpy
 
 __all__ = ["FRAMEWORKS", "DuplicateNameError", "register", "unregister", "get_adapter", "CallableAdapter"]
-
-
-class DuplicateNameError(RefconvError, ValueError):
-    """A registry name is already taken (register it under another name, or unregister it first).
-
-    >>> issubclass(DuplicateNameError, ValueError)
-    True
-    """
 
 
 def _builtin(module: str) -> Callable[[], Adapter]:
@@ -126,7 +118,7 @@ def unregister(name: str) -> None:
     >>> unregister("torch")
     Traceback (most recent call last):
     ...
-    refconv.frameworks.registry.DuplicateNameError: 'torch' is built in and cannot be unregistered
+    refconv.errors.DuplicateNameError: 'torch' is built in and cannot be unregistered
     """
     if name in BUILTIN:
         raise DuplicateNameError(f"{name!r} is built in and cannot be unregistered")

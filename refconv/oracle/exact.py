@@ -12,7 +12,7 @@ computes it *exactly* in any summation order.
 
 * Level 1 (3 GEMMs): exact p1 = a1 @ b1 plus the float tail
   T = A_s @ r1_B + r1_A @ b1 (magnitude ≈ 2^-β of the products), computed in
-  K-chunks of 256 so its rigorous bound is γ_(256 + 2K/256)·Σ|·||·|
+  K-chunks of 512 so its rigorous bound is γ_(512 + 2K/512)·Σ|·||·|
   (:func:`tail_gamma`, Higham 2002 eq. 3.5 and §4.2), with Σ|·||·| bounded from
   row statistics. p1, T and the bias are added by TwoSum; an element is
   *decided* when its whole uncertainty interval rounds to one float64.
@@ -133,7 +133,7 @@ def tail_gamma(k: int, kb: int, gemms: int = 2) -> float:
     return (gamma(kb) + gamma(chunks) * (1 + gamma(kb))) * (1 + 2.0**-40)
 
 
-_CHUNK = 256  # K-chunk of the level-1 tail GEMMs: bound γ_(256+2K/256) at full BLAS speed
+_CHUNK = 512  # K-chunk of the level-1 tail GEMMs: bound γ_(512+2K/512); few BLAS calls (each syncs threads)
 _REFINE_FRACTION = 0.05  # above this (predicted or actual) undecided share a tile uses the two-digit level
 
 

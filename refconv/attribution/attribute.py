@@ -509,11 +509,15 @@ def fit_precisions(
         alive = [min(fitting, key=lambda f: f.energy)]
     full_fits: dict[str, ModelFit] = {}
     survivors = []
-    for f in alive:
-        full = f if sample.full else full_fit(prob, inputs, spec, y, out_fmt, f.model)
-        full_fits[f.model.name] = full
-        if full.fits:
-            survivors.append(full)
+    # re-check on every element, per label in order of sample energy, until one model of the label holds
+    for label in LABEL_ORDER:
+        for f in sorted((f for f in alive if f.model.label == label), key=lambda f: f.energy):
+            full = f if sample.full else full_fit(prob, inputs, spec, y, out_fmt, f.model)
+            full_fits[f.model.name] = full
+            if full.fits:
+                survivors.append(full)
+                if not sample.full:
+                    break
     return PrecisionFit(fits, survivors, tests, full_fits, sample)
 
 

@@ -8,6 +8,23 @@
 Registries: :data:`PRECISION_MODELS` (arithmetic models),
 :data:`HYPOTHESES` (semantic mistakes), :data:`FORMATS` (number grids).
 Importing this package imports numpy only.
+
+Decisions worth knowing:
+
+* ``precision`` is the requested precision whenever the data cannot rule it
+  out; otherwise the least precise surviving label at least as precise as
+  requested ("ok"), else the most precise survivor ("degraded"). It can never
+  be finer than the output's own grid (bfloat16 values in a float32 array are
+  bfloat16 arithmetic).
+* TF32 and float16 round identically inside float16's range; when the data
+  cannot separate them both are ``candidates`` and "tf32" is preferred (unless
+  float16 was requested). A float16 *bias* is visible in the data, so x, w and
+  b stored in float16 upstream of a float32 conv give precision "float16",
+  verdict "degraded"; with ``inputs_seen`` the cast is separated
+  (``input_cast_error``) and the float32 arithmetic is "ok".
+* ``precision`` is None for "mismatch" (see ``extra["precision_under_mismatch"]``)
+  and "unexplained" (see ``extra["precision_elsewhere"]``); localized outliers
+  are named in ``mismatch_detail`` and ``worst_positions``.
 """
 
 from .attribute import Problem, attribute, choose_precision

@@ -361,6 +361,7 @@ class ModelFit:
     violations: np.ndarray  # bool, elements outside the bound
     max_ratio: float  # max |y - e| / bound
     energy: float  # Σ (r / noise scale)²
+    unit: np.ndarray | None = None  # u_acc·Σ|x̂·ŵ| + output/bias rounding: one "unit" of this model's error
 
     @property
     def fits(self) -> bool:
@@ -400,12 +401,13 @@ def fit_model(
     m = mag * (1 + u_in) ** 2
     g = _gamma(n + 2, acc.u) + (0.0 if exact_emulation else _gamma(n + 1, _U64))
     with np.errstate(invalid="ignore", over="ignore"):
-        bound = g * m + 0.5 * ulp(np.maximum(np.abs(y), np.abs(e)), out_fmt) + (n + 2) * acc.tiny
+        slack = 0.5 * ulp(np.maximum(np.abs(y), np.abs(e)), out_fmt) + (n + 2) * acc.tiny
         if bias is not None and u_in:
-            bound = bound + u_in * np.abs(bias)
+            slack = slack + u_in * np.abs(bias)
         if bias is not None and FORMATS[out_fmt].precision < acc.precision:
             # the bias may be added by a separate op after the conv result was rounded to the output format
-            bound = bound + 0.5 * ulp(np.abs(e - bias) * (1 + 2 * u_in) + g * m, out_fmt)
+            slack = slack + 0.5 * ulp(np.abs(e - bias) * (1 + 2 * u_in) + g * m, out_fmt)
+        bound = g * m + slack
         r = np.abs(y - e)
         ok = np.isfinite(y) & np.isfinite(e)
         viol = ok & ~(r <= bound)
@@ -413,7 +415,7 @@ def fit_model(
         ratio = np.where(ok, r / bound, 0.0)
         scale = _noise_scale(mag, y, n, acc.u, out_fmt)
         energy = float(np.sum(np.where(ok, (r / scale) ** 2, 0.0)))
-    return ModelFit(model, e, bound, viol, float(np.max(ratio, initial=0.0)), energy)
+    return ModelFit(model, e, bound, viol, float(np.max(ratio, initial=0.0)), energy, slack + acc.u * m)
 
 
 def projection(r: np.ndarray, d: np.ndarray, sigma: np.ndarray) -> tuple[float, float]:
@@ -891,12 +893,10 @@ def _statistical_outliers(yc: np.ndarray, fit: ModelFit, prob: Problem, spec: Co
     *and* 50 times the median standardized error is an outlier.
     """
     n = spec.n_terms + spec.has_bias
-    acc = FORMATS[fit.model.accumulation].u
-    mag = prob.magnitude_for(prob.original, spec, None) if spec is prob.cspec else None
-    if mag is None:
+    scale = fit.unit
+    if scale is None or scale.shape != yc.shape:
         return None
     with np.errstate(invalid="ignore", divide="ignore"):
-        scale = acc * mag + 0.5 * ulp(yc, out_fmt)
         z = np.abs(yc - fit.emulation) / np.where(scale > 0, scale, np.inf)
     fin = np.isfinite(z)
     if fin.sum() < 8:

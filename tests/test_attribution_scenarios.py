@@ -268,13 +268,20 @@ def test_every_framework_on_cpu_is_ok_in_its_dtype(framework):
     from refconv.frameworks.base import DTYPES
 
     rng = np.random.default_rng(13)
-    x, w, b = rng.standard_normal((1, 12, 12, 16)), rng.standard_normal((3, 3, 16, 8)), rng.standard_normal(8)
-    geo = dict(stride=2, padding="SAME")
-    problem = Problem(x, w, b, **geo)
-    runs = frameworks.run_many([f"{framework}:cpu:{dt}" for dt in DTYPES], x, w, b, **geo)
-    ran = [r for r in runs if r.ok]
+    problems = [
+        (rng.standard_normal((1, 12, 12, 16)), rng.standard_normal((3, 3, 16, 8)), rng.standard_normal(8),
+         dict(stride=2, padding="SAME")),
+        (rng.standard_normal((2, 4, 9, 10)), rng.standard_normal((6, 2, 3, 3)), rng.standard_normal(6),
+         dict(stride=(2, 1), padding="SAME", data_format="NCHW", groups=2)),
+    ]
+    ran = 0
+    for x, w, b, geo in problems:
+        problem = Problem(x, w, b, **geo)
+        for r in frameworks.run_many([f"{framework}:cpu:{dt}" for dt in DTYPES], x, w, b, **geo):
+            if not r.ok:
+                continue
+            ran += 1
+            a = attribute(r, x, w, b, **geo, problem=problem)
+            assert (a.precision, a.mismatch, a.verdict) == (r.dtype, None, "ok"), (r.label, geo, a.explanation)
     if not ran:
-        pytest.skip(f"{framework}: no dtype ran ({runs[0].error})")
-    for r in ran:
-        a = attribute(r, x, w, b, **geo, problem=problem)
-        assert (a.precision, a.mismatch, a.verdict) == (r.dtype, None, "ok"), (r.label, a.explanation)
+        pytest.skip(f"{framework}: nothing ran on the CPU")

@@ -5,9 +5,9 @@ through :func:`refconv.frameworks.run` to check that ``FrameworkRun`` inputs (``
 
 Decisions documented here:
 * float16 storage upstream of a float32 conv, *without* ``inputs_seen``: the output is consistent only with
-  float16-rounded inputs, so the verdict is "degraded" with precision "float16" when the bias was stored in
-  float16 too (the data shows the bias rounding) and "tf32" when only x and w were (TF32 and float16 round
-  identically inside float16's range; both are candidates and "tf32" is preferred, its range being float32's).
+  float16-rounded inputs, so the verdict is "degraded"; TF32 and float16 round identically inside float16's
+  range, so both are candidates and precision is "tf32" (preferred, its range being float32's) -- exactly as for
+  TF32 emulated by rounding the inputs, which the data cannot tell apart.
 * the same run *with* ``inputs_seen``: the cast is separated (``input_cast_error``) and the arithmetic on the
   inputs it received is float32, so precision "float32", verdict "ok".
 * a corrupted element: precision None, mismatch and verdict "unexplained"; the detail names the position.
@@ -83,6 +83,8 @@ def test_precision_scenarios(geometry, dist):
         y = f32(torch_conv(round_to(x, "tf32", mode), round_to(w, "tf32", mode), b, spec))
         check(att(y), ("tf32", None, "degraded"), f"TF32 ({mode}) emulated, float32 requested")
         check(att(y, dtype="tf32"), ("tf32", None, "ok"), f"TF32 ({mode}) emulated, tf32 requested")
+        y = f32(torch_conv(round_to(x, "tf32", mode), round_to(w, "tf32", mode), round_to(b, "tf32", mode), spec))
+        check(att(y), ("tf32", None, "degraded"), f"TF32 ({mode}) emulated, bias rounded too")
     check(att(torch_conv(x, w, b, spec, torch.bfloat16)), ("bfloat16", None, "ok"), "torch bfloat16")
     a16 = att(torch_conv(x, w, b, spec, torch.float16))
     check(a16, ("float16", None, "ok"), "torch float16")
@@ -95,7 +97,8 @@ def test_float16_storage_upstream(geometry, dist):
     h = lambda a: a.astype(np.float16).astype(np.float64)  # noqa: E731
     y = f32(torch_conv(h(x), h(w), h(b), spec))
     a = attribute(y, x, w, b, **geo)
-    check(a, ("float16", None, "degraded"), "fp16 storage (x, w, b), no inputs_seen")
+    check(a, ("tf32", None, "degraded"), "fp16 storage (x, w, b), no inputs_seen")
+    assert "float16" in a.candidates, a.candidates
     a = attribute(y, x, w, b, **geo, inputs_seen={"x": h(x), "w": h(w), "b": h(b)})
     check(a, ("float32", None, "ok"), "fp16 storage with inputs_seen")
     assert a.input_cast_error > 10 * a.arithmetic_error, (a.input_cast_error, a.arithmetic_error)
@@ -251,7 +254,7 @@ def test_double_rounded_inputs_tf32_bit_masks_and_torch_half_casts(truncate):
         check(attribute(y, x, w, b, padding="SAME"), ("tf32", None, "degraded"), f"TF32 bit masks ({truncate=})")
         h = lambda a: torch.from_numpy(a).half().double().numpy()  # noqa: E731
         y = f32(torch_conv(h(x), h(w), h(b), spec))
-        check(attribute(y, x, w, b, padding="SAME"), ("float16", None, "degraded"), "torch .half() storage")
+        check(attribute(y, x, w, b, padding="SAME"), ("tf32", None, "degraded"), "torch .half() storage")
 
 
 def _framework_names():

@@ -18,10 +18,10 @@ Decisions worth knowing:
   bfloat16 arithmetic).
 * TF32 and float16 round identically inside float16's range; when the data
   cannot separate them both are ``candidates`` and "tf32" is preferred (unless
-  float16 was requested). A float16 *bias* is visible in the data, so x, w and
-  b stored in float16 upstream of a float32 conv give precision "float16",
-  verdict "degraded"; with ``inputs_seen`` the cast is separated
-  (``input_cast_error``) and the float32 arithmetic is "ok".
+  float16 was requested). So float16 storage upstream of a float32 conv gives
+  precision "tf32" (float16 among the candidates), verdict "degraded"; with
+  ``inputs_seen`` the cast is separated (``input_cast_error``) and the float32
+  arithmetic is "ok".
 * ``precision`` is None for "mismatch" (see ``extra["precision_under_mismatch"]``)
   and "unexplained" (see ``extra["precision_elsewhere"]``); localized outliers
   are named in ``mismatch_detail`` and ``worst_positions``.

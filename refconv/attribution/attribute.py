@@ -295,7 +295,8 @@ class Problem:
             self._cache[key] = (
                 self._cache[xkey],
                 _round(w, fmt, mode, via),
-                None if inputs.b is None else _round(inputs.b, model.bias_format, "nearest", via),
+                None if inputs.b is None else _round(
+                    inputs.b, model.bias_format, mode if model.bias_format == fmt else "nearest", via),
             )
         return self._cache[key]
 

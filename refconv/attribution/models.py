@@ -12,8 +12,8 @@ is the mixed-precision bound of Blanchard, Higham, Lopez, Mary and Pranesh
 public precision vocabulary (:data:`refconv.attribution.types.PRECISIONS`).
 Where a framework may keep the bias in float32 while rounding x and w (mixed
 precision), both bias storages are registered, and every low-precision model
-also has a variant whose inputs went through float32 first; TF32 is a matmul-operand format,
-so its bias is always float32.
+also has a variant whose inputs went through float32 first. TF32 hardware never
+rounds the bias, but emulations often do, so TF32 has both bias storages too.
 
 >>> sorted({m.label for m in PRECISION_MODELS.values()}) == sorted(PRECISIONS)
 True
@@ -87,6 +87,14 @@ for _m in (
     PrecisionModel(
         "tf32_truncate", "tf32", "tf32", "truncate", "float32", "float32",
         "inputs truncated to TF32, float32 accumulation",
+    ),
+    PrecisionModel(
+        "tf32_bias_tf32", "tf32", "tf32", "nearest", "tf32", "float32",
+        "inputs and bias rounded to TF32 (nearest), float32 accumulation",
+    ),
+    PrecisionModel(
+        "tf32_truncate_bias_tf32", "tf32", "tf32", "truncate", "tf32", "float32",
+        "inputs and bias truncated to TF32, float32 accumulation",
     ),
     PrecisionModel(
         "float16", "float16", "float16", "nearest", "float16", "float32", "float16 inputs, float32 accumulation"

@@ -8,9 +8,10 @@
 Each time is the best of ``--repeat`` rounds after a warm-up (Numba compiles on the
 warm-up); the rounds interleave the columns, so a busy machine penalizes them
 alike. Ratios are against torch float64 on the same machine in the same run.
-"mpmath / position" is the exact mpmath point evaluator (``refconv.conv2d_points``)
-per output position; "fast points" is ``refconv.oracle._fastpoints`` (same exact
-results, numpy TwoProduct + integer sums). "peak MiB" is the tracemalloc peak of one ``method="exact"``
+"mpmath / position" is the exact mpmath evaluator behind ``method="mpmath"``
+(``refconv.oracle.mp``) per output position; "conv2d_points / position" is the
+public point API, which uses ``refconv.oracle._fastpoints`` (same exact results,
+numpy TwoProduct + integer sums). "peak MiB" is the tracemalloc peak of one ``method="exact"``
 call (numpy buffers; framework-free), next to inputs + weights + output.
 Missing frameworks are shown as "-".
 """
@@ -141,19 +142,19 @@ def bench_shape(name: str, repeat: int, skip: set[str]) -> dict:
     info = refconv.conv2d_with_info(x, w, b, **geometry)
     row["fallbacks"] = info.fallbacks
     if "mpmath" not in skip:
-        m = MP_POSITIONS[name]
-        t0 = time.perf_counter()
-        refconv.conv2d_points(x, w, b, sample=m, seed=1, **geometry)
-        row["mpmath_per_pos"] = (time.perf_counter() - t0) / m
-        from refconv.oracle import _fastpoints
+        from refconv.oracle import mp
         from refconv.spec import prepare
 
         xf, wf, bf, spec = prepare(x, w, b, **geometry)
         shape = (spec.N, *spec.out_hw, spec.O)
+        m = MP_POSITIONS[name]
         flat = np.random.default_rng(1).choice(int(np.prod(shape)), size=8 * m, replace=False)
         pts = np.stack(np.unravel_index(flat, shape), axis=1)
         t0 = time.perf_counter()
-        _fastpoints.output_points_nhwc(xf, wf, bf, spec, pts, None)
+        mp.output_points_nhwc(xf, wf, bf, spec, pts[:m], None)  # the pure mpmath tier (method="mpmath")
+        row["mpmath_per_pos"] = (time.perf_counter() - t0) / m
+        t0 = time.perf_counter()
+        refconv.conv2d_points(x, w, b, positions=pts, **geometry)  # the public point API (exact integer sums)
         row["fast_per_pos"] = (time.perf_counter() - t0) / (8 * m)
     tracemalloc.start()
     y = refconv.conv2d(x, w, b, **geometry)
@@ -166,7 +167,7 @@ def bench_shape(name: str, repeat: int, skip: set[str]) -> dict:
 def fmt_table(rows: list[dict]) -> str:
     cols = ["torch", "tf", "jax", "onnx.ref", "exact", "kahan"]
     head = ("| shape | torch f64 ms | TF f64 | jax f64 | onnx.reference f64 | exact | kahan | mpmath / position "
-            "| fast points / position | exact peak MiB (in+w+out) | exact fallbacks |")
+            "| conv2d_points / position | exact peak MiB (in+w+out) | exact fallbacks |")
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         base = r.get("torch")

@@ -291,7 +291,13 @@ class Problem:
             xkey = ("round-x", inputs.key, fmt, mode, via)
             if xkey not in self._cache:
                 self._cache[xkey] = _round(inputs.x, fmt, mode, via)
-            w = sample.subset_w(inputs.w) if sub else inputs.w  # type: ignore[union-attr]
+            if sub:
+                wkey = ("subset-w", inputs.key, sample.key)  # type: ignore[union-attr]
+                if wkey not in self._cache:
+                    self._cache[wkey] = sample.subset_w(inputs.w)  # type: ignore[union-attr]
+                w = self._cache[wkey]
+            else:
+                w = inputs.w
             self._cache[key] = (
                 self._cache[xkey],
                 _round(w, fmt, mode, via),

@@ -27,7 +27,7 @@ from refconv.attribution import (
 )
 from refconv.attribution.attribute import Sample, projection
 from refconv.attribution.hypotheses import generate
-from refconv.errors import ShapeError, UnknownNameError
+from refconv.errors import FrameworkRunError, ShapeError, UnknownNameError
 from refconv.frameworks.base import FrameworkRun
 from refconv.spec import ConvSpec
 
@@ -180,6 +180,8 @@ def test_usage_errors():
         attribute(y[0], x, w, b)
     with pytest.raises(ShapeError, match="inputs_seen"):
         attribute(y, x, w, b, inputs_seen={"x": x[:, :3]})
+    with pytest.raises(FrameworkRunError, match="boom"):
+        attribute(FrameworkRun("f", "0", "cpu", "cpu", "float32", "default", None, error="boom"), x, w, b)
 
 
 def test_framework_run_fields_are_used():

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ShapeError, unknown_name
+from ..errors import FrameworkRunError, ShapeError, unknown_name
 from ..spec import ConvSpec, Padding, as_float64, prepare
 from .formats import FORMATS, format_of_dtype, on_grid, round_to, ulp
 from .hypotheses import Hypothesis, generate
@@ -776,7 +776,7 @@ def attribute(
     """
     run = y if (hasattr(y, "output") and hasattr(y, "inputs_seen") and hasattr(y, "framework")) else None
     if run is not None and run.output is None:
-        raise ShapeError(f"run {run.label} has no output (error: {run.error})")
+        raise FrameworkRunError(f"run {run.label} has no output to attribute (error: {run.error})")
     geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, data_format=data_format,
                     kernel_format=kernel_format)
     if run is not None and run.spec is not None and geometry == _DEFAULTS:

@@ -7,7 +7,9 @@
 
 Each time is the best of ``--repeat`` rounds after a warm-up (Numba compiles on the
 warm-up); the rounds interleave the columns, so a busy machine penalizes them
-alike. Ratios are against torch float64 on the same machine in the same run.
+alike, with a 0.3 s pause before each timing so that the spin-waiting thread pool
+of the library timed just before (OpenMP, OpenBLAS) does not steal the cores.
+Ratios are against torch float64 on the same machine in the same run.
 "mpmath / position" is the exact mpmath evaluator behind ``method="mpmath"``
 (``refconv.oracle.mp``) per output position; "conv2d_points / position" is the
 public point API, which uses ``refconv.oracle._fastpoints`` (same exact results,
@@ -58,6 +60,7 @@ def best_times(fns: dict[str, Callable[[], object]], repeat: int, once: set[str]
         for name, fn in fns.items():
             if r and name in once:
                 continue
+            time.sleep(0.3)  # let the previous library's spinning thread pool (OpenMP, OpenBLAS) go idle
             t0 = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - t0)

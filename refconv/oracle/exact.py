@@ -148,7 +148,17 @@ def _finite_exact(
     if path == "direct":
         _direct_exact(xp, wc, b, spec, workspace_bytes, y, stats)
     else:
-        _gemm_exact(xp, wc, b, spec, workspace_bytes, y, stats)
+        import numba
+
+        # BLAS does the heavy lifting here. Numba's OpenMP team spin-waits after each parallel kernel and
+        # steals cores from OpenBLAS's threads (measured: 2 threads each, seed shape, ~2-6x slower), so the
+        # light Numba kernels of this path run on the calling thread.
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            _gemm_exact(xp, wc, b, spec, workspace_bytes, y, stats)
+        finally:
+            numba.set_num_threads(threads)
     return y, stats
 
 

@@ -5,7 +5,8 @@ largest finite value). Rounding goes *once* from the float64 value to the
 format (round to nearest, ties to even, or truncation toward zero), with
 gradual underflow and overflow to ±inf, so emulating TF32/bfloat16/float16 does
 not double-round through float32. The registry :data:`FORMATS` is the single
-source of truth for names and unit roundoffs.
+source of truth for names and unit roundoffs; attribution and
+:mod:`refconv.testing` both use it.
 
 >>> import numpy as np
 >>> round_to(np.array([1 + 2.0**-11, 1 + 3 * 2.0**-11, 70000.0]), "float16").tolist()
@@ -20,9 +21,12 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import unknown_name
+from .errors import unknown_name
 
-__all__ = ["NumberFormat", "FORMATS", "round_to", "ulp", "unit_roundoff", "format_of_dtype", "on_grid"]
+__all__ = [
+    "NumberFormat", "FORMATS", "ALIASES", "get_format", "round_to", "ulp", "unit_roundoff", "format_of_dtype",
+    "on_grid",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +55,11 @@ class NumberFormat:
         """Smallest positive subnormal."""
         return 2.0 ** (self.min_exp - self.precision + 1)
 
+    @property
+    def min_normal(self) -> float:
+        """Smallest positive normal number."""
+        return 2.0**self.min_exp
+
 
 FORMATS: dict[str, NumberFormat] = {}
 
@@ -68,12 +77,31 @@ _register(NumberFormat("float16", 11, -14, 65504.0))
 _register(NumberFormat("bfloat16", 8, -126, (2 - 2.0**-7) * 2.0**127))
 
 
-def _fmt(name: str | NumberFormat) -> NumberFormat:
+ALIASES = {
+    "fp64": "float64", "double": "float64", "f64": "float64",
+    "fp32": "float32", "single": "float32", "float": "float32", "f32": "float32",
+    "fp16": "float16", "half": "float16", "f16": "float16",
+    "bf16": "bfloat16",
+    "tensorfloat32": "tf32", "tensor_float_32": "tf32",
+}
+
+
+def get_format(name: str | NumberFormat) -> NumberFormat:
+    """Look up a format by name (case-insensitive; aliases such as fp16, bf16, half accepted).
+
+    >>> get_format("BF16").precision
+    8
+    """
     if isinstance(name, NumberFormat):
         return name
-    if name not in FORMATS:
+    key = str(name).strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in FORMATS:
         raise unknown_name("number format", name, tuple(FORMATS))
-    return FORMATS[name]
+    return FORMATS[key]
+
+
+_fmt = get_format
 
 
 def unit_roundoff(name: str) -> float:
@@ -92,6 +120,9 @@ def _exponent(v: np.ndarray, fmt: NumberFormat) -> np.ndarray:
     return np.where(v == 0, fmt.min_exp + 1, np.maximum(e, fmt.min_exp + 1))
 
 
+_NUMPY_CASTS = {"float32": np.float32, "float16": np.float16}
+
+
 def round_to(a: np.ndarray, fmt: str | NumberFormat, mode: str = "nearest") -> np.ndarray:
     """Round float64 values once onto a format's grid, returned as float64.
 
@@ -108,6 +139,9 @@ def round_to(a: np.ndarray, fmt: str | NumberFormat, mode: str = "nearest") -> n
     x = np.asarray(a, dtype=np.float64)
     if f.name == "float64":
         return x.copy()
+    if mode == "nearest" and f.name in _NUMPY_CASTS:  # numpy's casts round once to nearest-even, same semantics
+        with np.errstate(over="ignore"):
+            return x.astype(_NUMPY_CASTS[f.name]).astype(np.float64)
     shift = f.precision - _exponent(x, f)
     with np.errstate(invalid="ignore", over="ignore"):
         scaled = np.ldexp(x, shift)
@@ -122,14 +156,16 @@ def round_to(a: np.ndarray, fmt: str | NumberFormat, mode: str = "nearest") -> n
 
 
 def ulp(v: np.ndarray, fmt: str | NumberFormat) -> np.ndarray:
-    """Spacing of the format's grid at |v| (ulp of v in that format; subnormal spacing at 0).
+    """Spacing of the format's grid at |v| (ulp of v in that format; subnormal spacing at 0;
+    the spacing at the largest finite value for ±inf and NaN).
 
     >>> ulp(np.array([0.0, 1.0]), "bfloat16")
     array([9.18354962e-41, 7.81250000e-03])
     """
     f = _fmt(fmt)
-    v = np.asarray(v, dtype=np.float64)
-    return np.ldexp(1.0, _exponent(np.abs(v), f) - f.precision)
+    v = np.abs(np.asarray(v, dtype=np.float64))
+    v = np.where(np.isfinite(v), v, f.max_value)
+    return np.ldexp(1.0, _exponent(v, f) - f.precision)
 
 
 def on_grid(a: np.ndarray, fmt: str | NumberFormat) -> bool:
@@ -156,7 +192,5 @@ def format_of_dtype(dtype: object) -> str | None:
         except TypeError:
             name = str(dtype)
     name = str(name).lower().removeprefix("torch.").removeprefix("tf.")
-    aliases = {"half": "float16", "float": "float32", "double": "float64", "bf16": "bfloat16", "fp16": "float16",
-               "fp32": "float32", "fp64": "float64"}
-    name = aliases.get(name, name)
+    name = ALIASES.get(name, name)
     return name if name in FORMATS else None

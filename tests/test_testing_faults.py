@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refconv.testing import compare_conv2d, conv2d_tolerance, round_to_format
+from refconv.testing import compare_conv2d, conv2d_tolerance, round_to
 from refconv.testing.problems import random_problems
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "examples"))
@@ -45,7 +45,7 @@ def _hwio_to_caller(spec, w_hwio):
 
 def _tf32(p):
     s = p.spec
-    return [conv2d_im2col_f32(round_to_format(p.x.astype(float), "tf32"), round_to_format(p.w.astype(float), "tf32"),
+    return [conv2d_im2col_f32(round_to(p.x.astype(float), "tf32"), round_to(p.w.astype(float), "tf32"),
                               p.b, s)]
 
 
@@ -143,7 +143,7 @@ def test_tf32_at_large_n_caught_by_signature():
     from refconv.spec import ConvSpec
 
     s = ConvSpec.from_shapes(x.shape, w.shape, padding="SAME")
-    y = conv2d_im2col_f32(round_to_format(x.astype(float), "tf32"), round_to_format(w.astype(float), "tf32"), None, s)
+    y = conv2d_im2col_f32(round_to(x.astype(float), "tf32"), round_to(w.astype(float), "tf32"), None, s)
     c = compare_conv2d(y, x, w, padding="SAME", precision="float32")
     assert not c.passed, "TF32 inputs at n=864 passed as float32"
     assert "tf32" in c.message.lower(), c.message

@@ -18,8 +18,8 @@ from refconv.testing import (
     assert_conv2d_close,
     compare_conv2d,
     conv2d_tolerance,
-    round_to_format,
-    ulp_in_format,
+    round_to,
+    ulp,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "examples"))
@@ -47,32 +47,32 @@ def _rand(seed=0, xs=(2, 7, 6, 4), ws=(3, 3, 4, 5), bias=True, dtype=np.float32)
 # ---- formats ------------------------------------------------------------------------------------
 
 
-def test_round_to_format_matches_numpy_casts():
+def test_round_to_matches_numpy_casts():
     rng = np.random.default_rng(0)
     a = rng.standard_normal(20000) * 2.0 ** rng.integers(-30, 20, 20000)
     a = np.concatenate([a, [0.0, -0.0, 65504.0, 65520.0, 1e-8, 2.0**-24, 3 * 2.0**-26]])
     with np.errstate(over="ignore"):
-        np.testing.assert_array_equal(round_to_format(a, "float16"), a.astype(np.float16).astype(np.float64),
+        np.testing.assert_array_equal(round_to(a, "float16"), a.astype(np.float16).astype(np.float64),
                                       err_msg="float16 rounding differs from numpy's cast")
-    np.testing.assert_array_equal(round_to_format(a, "float32"), a.astype(np.float32).astype(np.float64),
+    np.testing.assert_array_equal(round_to(a, "float32"), a.astype(np.float32).astype(np.float64),
                                   err_msg="float32 rounding differs from numpy's cast")
     import ml_dtypes
 
-    np.testing.assert_array_equal(round_to_format(a, "bfloat16"), a.astype(ml_dtypes.bfloat16).astype(np.float64),
+    np.testing.assert_array_equal(round_to(a, "bfloat16"), a.astype(ml_dtypes.bfloat16).astype(np.float64),
                                   err_msg="bfloat16 rounding differs from ml_dtypes")
 
 
 def test_tf32_rounding_keeps_11_bits_and_float32_range():
     a = np.array([1 + 2.0**-11, 1 + 3 * 2.0**-11, 1 + 2.0**-10, 3e38, 1e-39])
-    r = round_to_format(a, "tf32")
+    r = round_to(a, "tf32")
     np.testing.assert_array_equal(r[:3], [1.0, 1 + 2.0**-9, 1 + 2.0**-10], err_msg="ties to even at 11 bits")
     assert np.isfinite(r[3]) and r[4] > 0, f"float32 exponent range expected, got {r}"
-    np.testing.assert_array_equal(round_to_format(np.array([1 + 2047 * 2.0**-21]), "tf32", truncate=True), [1.0],
+    np.testing.assert_array_equal(round_to(np.array([1 + 2047 * 2.0**-21]), "tf32", mode="truncate"), [1.0],
                                   err_msg="truncation rounds toward zero")
 
 
-def test_ulp_in_format():
-    np.testing.assert_array_equal(ulp_in_format(np.array([1.0, 1.5, 2.0, 0.0]), "float16"),
+def test_ulp():
+    np.testing.assert_array_equal(ulp(np.array([1.0, 1.5, 2.0, 0.0]), "float16"),
                                   [2.0**-10, 2.0**-10, 2.0**-9, 2.0**-24], err_msg="float16 spacing")
 
 
@@ -82,14 +82,14 @@ def test_ulp_in_format():
 def _emulate(x, w, b, spec, precision):
     """An honest kernel at ``precision``: inputs rounded, float32 (or float64) accumulation, output rounded."""
     model = PRECISION_MODELS[precision]
-    xr, wr = round_to_format(x.astype(float), model.inputs), round_to_format(w.astype(float), model.inputs)
-    br = None if b is None else round_to_format(b.astype(float), model.inputs)
+    xr, wr = round_to(x.astype(float), model.inputs), round_to(w.astype(float), model.inputs)
+    br = None if b is None else round_to(b.astype(float), model.inputs)
     if model.accumulation == "float64":
         y = refconv.conv2d(xr, wr, br, padding=spec.pads, stride=spec.stride, dilation=spec.dilation,
                            groups=spec.groups, data_format=spec.data_format, kernel_format=spec.kernel_format)
     else:
         y = conv2d_im2col_f32(xr, wr, br, spec).astype(np.float64)
-    return round_to_format(y, model.output)
+    return round_to(y, model.output)
 
 
 @pytest.mark.parametrize("precision", list(PRECISION_MODELS))

@@ -27,8 +27,8 @@ Decisions worth knowing:
   are named in ``mismatch_detail`` and ``worst_positions``.
 """
 
+from ..formats import FORMATS, round_to, ulp
 from .attribute import Problem, attribute, choose_precision
-from .formats import FORMATS, round_to, ulp
 from .hypotheses import HYPOTHESES
 from .models import PRECISION_MODELS
 from .runs import LabeledRun, compare_pair, explain

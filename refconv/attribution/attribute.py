@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import FrameworkRunError, ShapeError, unknown_name
+from ..formats import FORMATS, format_of_dtype, on_grid, round_to, ulp
 from ..spec import ConvSpec, Padding, as_float64, prepare
-from .formats import FORMATS, format_of_dtype, on_grid, round_to, ulp
 from .hypotheses import Hypothesis, generate
 from .models import LABEL_ORDER, PRECISION_MODELS, PRECISION_RANK, PrecisionModel
 from .types import Attribution

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import RefconvError
+from ..formats import format_of_dtype
 from ..frameworks.base import FrameworkRun
 from ..spec import Padding, as_float64
 from .attribute import Problem, attribute
 from .explanation import g
-from .formats import format_of_dtype
 from .types import Attribution, PairComparison, Report
 
 __all__ = ["explain", "compare_pair", "LabeledRun"]

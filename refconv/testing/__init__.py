@@ -22,10 +22,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..formats import FORMATS, NumberFormat, round_to, ulp
 from .assertions import ConvComparison, assert_conv2d_close, call_kernel, compare_conv2d
 from .check import CheckReport, ProblemResult, check_conv2d
 from .diagnosis import HYPOTHESES, Finding, diagnose
-from .formats import FORMATS, PRECISION_MODELS, FloatFormat, PrecisionModel, round_to_format, ulp_in_format
+from .precision import PRECISION_MODELS, PrecisionModel
 from .problems import VALUE_FAMILIES, ConvProblem, default_problems, random_problems
 from .tolerance import BOUNDS, PROBABILISTIC_LAMBDA, Tolerance, conv2d_tolerance
 
@@ -39,10 +40,10 @@ __all__ = [
     "PROBABILISTIC_LAMBDA",
     "FORMATS",
     "PRECISION_MODELS",
-    "FloatFormat",
+    "NumberFormat",
     "PrecisionModel",
-    "round_to_format",
-    "ulp_in_format",
+    "round_to",
+    "ulp",
     "diagnose",
     "Finding",
     "HYPOTHESES",

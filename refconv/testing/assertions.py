@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from ..formats import get_format, ulp
 from ..spec import ConvSpec, Padding, as_float64, prepare
 from .diagnosis import Finding, diagnose, precision_signature
-from .formats import get_format, precision_name, ulp_in_format
+from .precision import precision_name
 from .tolerance import BOUNDS, Tolerance, nhwc_spec, tolerance_nhwc
 
 __all__ = ["assert_conv2d_close", "compare_conv2d", "ConvComparison", "call_kernel"]
@@ -180,7 +181,7 @@ def _worst(a_nhwc, t: Tolerance, err, ratio, spec: ConvSpec, k: int) -> list[dic
         idx = np.unravel_index(f, a_nhwc.shape)
         ex = t.exact_nhwc[idx]
         e = err[idx]
-        ulps = e / ulp_in_format(np.array([ex]), fout)[0] if np.isfinite(ex) else float("nan")
+        ulps = e / ulp(np.array([ex]), fout)[0] if np.isfinite(ex) else float("nan")
         scale = uacc * t.magnitude_nhwc[idx]
         caller = idx if spec.data_format == "NHWC" else (idx[0], idx[3], idx[1], idx[2])
         rows.append({

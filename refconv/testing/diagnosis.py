@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from ..formats import FORMATS, round_to
 from ..spec import ConvSpec, resolve_padding
-from .formats import FORMATS, get_precision, round_to_format
+from .precision import get_precision
 from .tolerance import tolerance_nhwc
 
 __all__ = ["Finding", "diagnose", "precision_signature", "HYPOTHESES", "SIGNATURE_RATIO", "SIGNATURE_MIN_ELEMENTS"]
@@ -225,28 +226,29 @@ def _bias_alts(x, w, b, spec: ConvSpec, out_shape: tuple, label: str | None = No
 
 def _precision_alts(x, w, b, spec: ConvSpec, out_shape: tuple, requested: str) -> Iterator[_Alt]:
     model = get_precision(requested)
-    p_in = FORMATS[model.inputs].p
-    for cand, truncate in (("tf32", False), ("tf32", True), ("float16", False), ("bfloat16", False),
-                           ("float32", False)):
-        if FORMATS[cand].p >= p_in:
+    p_in = FORMATS[model.inputs].precision
+    for cand, mode in (("tf32", "nearest"), ("tf32", "truncate"), ("float16", "nearest"), ("bfloat16", "nearest"),
+                       ("float32", "nearest")):
+        truncate = mode == "truncate"
+        if FORMATS[cand].precision >= p_in:
             continue
-        rx, rw = round_to_format(x, cand, truncate=truncate), round_to_format(w, cand, truncate=truncate)
+        rx, rw = round_to(x, cand, mode=mode), round_to(w, cand, mode=mode)
         how = "truncated to" if truncate else "rounded to"
         # tensor cores add the bias in float32 (epilogue); a low-precision run rounds it too: try both
         yield _Alt("precision", f"inputs {how} {cand}", rx, rw, b, spec, input_rounding=False)
-        rb = None if b is None else round_to_format(b, cand, truncate=truncate)
+        rb = None if b is None else round_to(b, cand, mode=mode)
         if b is not None and not np.array_equal(rb, b):
             yield _Alt("precision", f"inputs {how} {cand}", rx, rw, rb, spec, input_rounding=False)
-        if not truncate and FORMATS[cand].p < FORMATS[model.output].p and cand != "tf32":
+        if not truncate and FORMATS[cand].precision < FORMATS[model.output].precision and cand != "tf32":
             # a whole low-precision run: inputs, bias and output in cand, float32 accumulation
             yield _Alt("precision", f"inputs and output rounded to {cand}", rx, rw, rb, spec, input_rounding=False,
                        output=cand)
     for cand in ("float16", "bfloat16", "float32"):
-        if FORMATS[cand].p >= FORMATS[model.output].p:
+        if FORMATS[cand].precision >= FORMATS[model.output].precision:
             continue
         yield _Alt("precision", f"output rounded to {cand}", x, w, b, spec, output=cand)
     for cand in ("float16", "bfloat16", "float32"):
-        if FORMATS[cand].p >= FORMATS[model.accumulation].p:
+        if FORMATS[cand].precision >= FORMATS[model.accumulation].precision:
             continue
         yield _Alt("precision", f"accumulation in {cand}", x, w, b, spec, precision=requested, accumulation=cand)
 
@@ -407,7 +409,7 @@ def precision_signature(
     >>> s = ConvSpec.from_shapes(x.shape, w.shape)
     >>> from refconv.oracle._im2col import float_conv_nhwc
     >>> exact = float_conv_nhwc(x, w, s)
-    >>> tf32 = float_conv_nhwc(round_to_format(x, "tf32"), round_to_format(w, "tf32"), s).astype(np.float32)
+    >>> tf32 = float_conv_nhwc(round_to(x, "tf32"), round_to(w, "tf32"), s).astype(np.float32)
     >>> precision_signature(tf32.astype(float), x, w, None, s, exact).kind
     'precision'
     >>> precision_signature(exact.astype(np.float32).astype(float), x, w, None, s, exact) is None

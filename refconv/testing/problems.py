@@ -33,8 +33,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import ShapeError, unknown_name
+from ..formats import round_to
 from ..spec import ConvSpec
-from .formats import round_to_format
 
 __all__ = [
     "ConvProblem", "VALUE_FAMILIES", "PADDING_FORMS", "DTYPES", "random_problems", "default_problems",
@@ -200,9 +200,9 @@ def _cast(a: np.ndarray | None, dtype: str) -> np.ndarray | None:
     if dtype == "bfloat16":
         import ml_dtypes
 
-        return round_to_format(a, "bfloat16").astype(ml_dtypes.bfloat16)
+        return round_to(a, "bfloat16").astype(ml_dtypes.bfloat16)
     if dtype == "float16":
-        return round_to_format(a, "float16").astype(np.float16)
+        return round_to(a, "float16").astype(np.float16)
     return a.astype(dtype)
 
 

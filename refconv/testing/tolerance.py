@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import unknown_name
+from ..formats import NumberFormat, get_format, round_to
 from ..spec import ConvSpec, Padding, prepare
-from .formats import FloatFormat, get_format, get_precision, round_to_format
+from .precision import get_precision
 
 __all__ = ["Tolerance", "conv2d_tolerance", "BOUNDS", "PROBABILISTIC_LAMBDA", "tolerance_nhwc", "nhwc_spec"]
 
@@ -125,13 +126,13 @@ class Tolerance:
         }
 
 
-def _input_delta(a: np.ndarray, fmt: FloatFormat, factor: float) -> tuple[np.ndarray, np.ndarray]:
+def _input_delta(a: np.ndarray, fmt: NumberFormat, factor: float) -> tuple[np.ndarray, np.ndarray]:
     """(δa, overflow): a bound on |â - a| for any rounding of a to fmt, and where it overflows."""
     with np.errstate(invalid="ignore"):
         absa = np.abs(a)
-        rounded = round_to_format(a, fmt)
+        rounded = round_to(a, fmt)
         representable = (rounded == a) | ~np.isfinite(a)
-        overflow = np.isfinite(a) & (absa > fmt.max_finite * (1 + 2 * fmt.u))
+        overflow = np.isfinite(a) & (absa > fmt.max_value * (1 + 2 * fmt.u))
         delta = np.where(representable, 0.0, factor * fmt.u * absa)
         # subnormal-range inputs may be flushed to zero (DAZ); keeps the bound valid with or without it
         delta = np.where((absa < fmt.min_normal) & (a != 0) & np.isfinite(a), np.maximum(delta, absa), delta)
@@ -209,18 +210,19 @@ def tolerance_nhwc(
         underflow = (2 * m + 1) * acc.min_normal
         inner = input_term + bias_delta + acc_term + underflow
         abs_exact = _finite_abs(exact_nhwc)
-        out_term = fout.u * (abs_exact + inner) + 0.5 * fout.min_subnormal
+        out_term = fout.u * (abs_exact + inner) + 0.5 * fout.tiny
         tol = inner + out_term
         tol = tol + 2.0**-52 * (abs_exact + tol)
         # Σ|x̂ŵ| beyond the accumulator's range, or |exact| beyond the output's: overflow is legitimate
-        overflow |= magnitude * (1 + gamma) >= acc.max_finite
-        overflow |= abs_exact + inner >= fout.max_finite
+        overflow |= magnitude * (1 + gamma) >= acc.max_value
+        overflow |= abs_exact + inner >= fout.max_value
         overflow |= ~np.isfinite(magnitude)
     tol = np.where(overflow, np.inf, tol)
     desc = (
-        f"precision={model.name}: inputs may be rounded to {fin.name} (u=2^{-fin.p}"
+        f"precision={model.name}: inputs may be rounded to {fin.name} (u=2^{-fin.precision}"
         f"{', truncation allowed' if model.input_rounding_factor > 1 else ''}), "
-        f"{bound} accumulation bound in {acc.name} (u=2^{-acc.p}, m={m} terms{' incl. bias' if b is not None else ''}, "
+        f"{bound} accumulation bound in {acc.name} (u=2^{-acc.precision}, "
+        f"m={m} terms{' incl. bias' if b is not None else ''}, "
         f"gamma={gamma:.3g}), output rounded to {fout.name}"
     )
     return Tolerance(
@@ -257,7 +259,7 @@ def conv2d_tolerance(
 ) -> Tolerance:
     """Per-element tolerance on |actual - exact| for a kernel claiming ``precision``.
 
-    ``precision`` is one of :data:`~refconv.testing.formats.PRECISION_MODELS`
+    ``precision`` is one of :data:`~refconv.testing.precision.PRECISION_MODELS`
     ("float64", "float32", "tf32", "float16", "bfloat16"); ``accumulation``
     overrides its default accumulation format (float32 for the low-precision
     ones); ``bound`` is "deterministic" (rigorous, γ_n) or "probabilistic"

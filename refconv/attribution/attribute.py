@@ -44,6 +44,8 @@ __all__ = ["attribute", "Problem"]
 
 _Z = 6.0  # standard errors needed to rule a model out
 _EFFECT = 0.3  # ... and the minimum effect size (fraction of the pattern)
+_SIGNATURE = 4.0  # a run this many times closer (rms) to one emulation than the two differ rules the other out
+_MIN_SIGNATURE = 8  # ... given at least this many elements where they differ
 _U64 = 2.0**-53
 
 
@@ -467,7 +469,21 @@ def _rule_out(fits: list[ModelFit], y: np.ndarray, mag: np.ndarray, n: int, out_
                 out.add(a.model.name)
             if 1 - beta > max(_Z * se, _EFFECT):
                 out.add(b.model.name)
+            # Input-rounding signature: under model b, y - e_a = d + noise with noise independent of d, so
+            # rms(y - e_a) >= rms(d) up to chance. A run many times closer to e_a than that never saw b's
+            # rounded inputs, however loose b's accumulation bound (e.g. float64 runs vs the float32 model).
+            ok = np.isfinite(d) & np.isfinite(y)
+            if np.count_nonzero(d[ok]) >= _MIN_SIGNATURE:
+                rms_d = _rms(d[ok])
+                if _rms((y - a.emulation)[ok]) * _SIGNATURE < rms_d:
+                    out.add(b.model.name)
+                if _rms((y - b.emulation)[ok]) * _SIGNATURE < rms_d:
+                    out.add(a.model.name)
     return out, table
+
+
+def _rms(v: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(v))))
 
 
 @dataclasses.dataclass

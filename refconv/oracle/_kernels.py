@@ -8,7 +8,7 @@ compensation. The FMA comes from LLVM's ``llvm.fma.f64`` intrinsic (Numba has no
 Kernels (all take arrays and ints, return nothing, write into output arrays):
 
 * ``dot2_conv``: direct conv with Dot2 (TwoProduct by FMA + TwoSum, Ogita, Rump &
-  Oishi 2005), vectorized across output channels with four taps per
+  Oishi 2005), vectorized across output channels with eight taps per
   accumulator load. Writes ``hi = fl(p + s)``, ``lo = (p + s) - hi`` (exact) and a
   rigorous bound on ``|p + s - exact|``. Summation order is the tap order for
   every thread count, so results are bitwise reproducible.
@@ -71,7 +71,7 @@ def dot2_conv(xp, w, b, has_bias, sh, sw, dh, dw, groups, oh, ow, hi_out, lo_out
     gamma = nu / (1.0 - nu)
     g2 = gamma * gamma * (1.0 + 4.0 * nu) / (1.0 - 2.0**-52)
     slack = 8.0 * nterms * 2.0**-1074
-    c4 = cg - cg % 4
+    c8 = cg - cg % 8
     ob = min(og, 32)
     nob = (og + ob - 1) // ob
     jb = 16
@@ -101,13 +101,17 @@ def dot2_conv(xp, w, b, has_bias, sh, sw, dh, dw, groups, oh, ow, hi_out, lo_out
         for a in range(kh):
             r = i * sh + a * dh
             for bb in range(kw):
-                for ci in range(0, c4, 4):
+                for ci in range(0, c8, 8):
                     for jj in range(nj):
                         c = (j0 + jj) * sw + bb * dw
                         x0 = xp[n, r, c, xc + ci]
                         x1 = xp[n, r, c, xc + ci + 1]
                         x2 = xp[n, r, c, xc + ci + 2]
                         x3 = xp[n, r, c, xc + ci + 3]
+                        x4 = xp[n, r, c, xc + ci + 4]
+                        x5 = xp[n, r, c, xc + ci + 5]
+                        x6 = xp[n, r, c, xc + ci + 6]
+                        x7 = xp[n, r, c, xc + ci + 7]
                         for oc in range(no):
                             pp = p[jj, oc]
                             ss = s[jj, oc]
@@ -144,10 +148,42 @@ def dot2_conv(xp, w, b, has_bias, sh, sw, dh, dw, groups, oh, ow, hi_out, lo_out
                             ss += ((pp - (t - z)) + (h - z)) + e
                             mm += abs(h)
                             pp = t
+                            wv = w[a, bb, ci + 4, oc0 + oc]
+                            h = x4 * wv
+                            e = fma(x4, wv, -h)
+                            t = pp + h
+                            z = t - pp
+                            ss += ((pp - (t - z)) + (h - z)) + e
+                            mm += abs(h)
+                            pp = t
+                            wv = w[a, bb, ci + 5, oc0 + oc]
+                            h = x5 * wv
+                            e = fma(x5, wv, -h)
+                            t = pp + h
+                            z = t - pp
+                            ss += ((pp - (t - z)) + (h - z)) + e
+                            mm += abs(h)
+                            pp = t
+                            wv = w[a, bb, ci + 6, oc0 + oc]
+                            h = x6 * wv
+                            e = fma(x6, wv, -h)
+                            t = pp + h
+                            z = t - pp
+                            ss += ((pp - (t - z)) + (h - z)) + e
+                            mm += abs(h)
+                            pp = t
+                            wv = w[a, bb, ci + 7, oc0 + oc]
+                            h = x7 * wv
+                            e = fma(x7, wv, -h)
+                            t = pp + h
+                            z = t - pp
+                            ss += ((pp - (t - z)) + (h - z)) + e
+                            mm += abs(h)
+                            pp = t
                             p[jj, oc] = pp
                             s[jj, oc] = ss
                             m[jj, oc] = mm
-                for ci in range(c4, cg):
+                for ci in range(c8, cg):
                     for jj in range(nj):
                         x0 = xp[n, r, (j0 + jj) * sw + bb * dw, xc + ci]
                         for oc in range(no):

@@ -13,7 +13,7 @@ so the unevaluated pair (p, s) is within γ_(n+1)²·Σ|h_k| of the exact sum. T
 kernel returns y = fl(p + s) and the rigorous bound |lo| + γ_(n+1)²(1+4(n+1)u)·Σ|h|
 + an underflow slack, with lo = p + s - y computed exactly. Never compiled with
 fastmath: the compiler would delete the compensation. The kernel lives in
-:mod:`refconv.oracle._kernels` (vectorized across output channels, four taps per
+:mod:`refconv.oracle._kernels` (vectorized across output channels, eight taps per
 accumulator load, summation in tap order for every thread count).
 """
 

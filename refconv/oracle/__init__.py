@@ -35,7 +35,9 @@ class OracleResult:
 
     ``bound`` is a rigorous per-element bound on |y - exact| (zero for "exact"
     except where the exact value overflows), ``fallbacks`` counts elements the
-    exact method had to finish in exact integer arithmetic.
+    exact method had to finish in exact integer arithmetic. ``stats`` holds the
+    method's own counters (for "exact": the path taken, the elements re-checked
+    by the per-element Dot2 certificate, the tiles refined to two digits).
     """
 
     y: np.ndarray
@@ -44,6 +46,7 @@ class OracleResult:
     bound: np.ndarray | None = None
     fallbacks: int = 0
     elapsed_s: float = 0.0
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,7 @@ class OracleResult:
             "fallbacks": self.fallbacks,
             "elements": int(self.y.size),
             "elapsed_s": self.elapsed_s,
+            "stats": dict(self.stats),
             "max_bound": None if self.bound is None else float(np.max(self.bound, initial=0.0)),
         }
 
@@ -60,13 +64,14 @@ def _exact(x, w, b, spec, **opts) -> OracleResult:
     from .exact import conv2d_exact_nhwc
 
     y, stats = conv2d_exact_nhwc(x, w, b, spec, workspace_bytes=opts.get("workspace_bytes", DEFAULT_WORKSPACE_BYTES))
-    return OracleResult(y, spec, "exact", bound=np.zeros_like(y), fallbacks=stats.fallbacks)
+    counters = {"path": stats.path, "pair_checks": stats.pair_checks, "refined_tiles": stats.refined_tiles}
+    return OracleResult(y, spec, "exact", bound=np.zeros_like(y), fallbacks=stats.fallbacks, stats=counters)
 
 
 def _kahan(x, w, b, spec, **opts) -> OracleResult:
     from .kahan import conv2d_kahan_nhwc
 
-    y, bound = conv2d_kahan_nhwc(x, w, b, spec)
+    y, bound = conv2d_kahan_nhwc(x, w, b, spec, workspace_bytes=opts.get("workspace_bytes", DEFAULT_WORKSPACE_BYTES))
     return OracleResult(y, spec, "kahan", bound=bound)
 
 

@@ -47,6 +47,16 @@ pjit = njit(parallel=True, fastmath=False, cache=True, nogil=True)
 
 
 @jit
+def dot2_step(p, s, m, x, w):
+    """One Dot2 step: p + x·w by TwoProduct (FMA) and TwoSum; both errors go to s, |fl(x·w)| to m."""
+    h = x * w
+    e = fma(x, w, -h)
+    t = p + h
+    z = t - p
+    return t, s + (((p - (t - z)) + (h - z)) + e), m + abs(h)
+
+
+@jit
 def half_gap(hi):
     """Half the distance from a normal, finite hi to its nearer float64 neighbour."""
     m, e = math.frexp(hi)
@@ -117,69 +127,21 @@ def dot2_conv(xp, w, b, has_bias, sh, sw, dh, dw, groups, oh, ow, hi_out, lo_out
                             ss = s[jj, oc]
                             mm = m[jj, oc]
                             wv = w[a, bb, ci, oc0 + oc]
-                            h = x0 * wv
-                            e = fma(x0, wv, -h)
-                            t = pp + h
-                            z = t - pp
-                            ss += ((pp - (t - z)) + (h - z)) + e
-                            mm += abs(h)
-                            pp = t
+                            pp, ss, mm = dot2_step(pp, ss, mm, x0, wv)
                             wv = w[a, bb, ci + 1, oc0 + oc]
-                            h = x1 * wv
-                            e = fma(x1, wv, -h)
-                            t = pp + h
-                            z = t - pp
-                            ss += ((pp - (t - z)) + (h - z)) + e
-                            mm += abs(h)
-                            pp = t
+                            pp, ss, mm = dot2_step(pp, ss, mm, x1, wv)
                             wv = w[a, bb, ci + 2, oc0 + oc]
-                            h = x2 * wv
-                            e = fma(x2, wv, -h)
-                            t = pp + h
-                            z = t - pp
-                            ss += ((pp - (t - z)) + (h - z)) + e
-                            mm += abs(h)
-                            pp = t
+                            pp, ss, mm = dot2_step(pp, ss, mm, x2, wv)
                             wv = w[a, bb, ci + 3, oc0 + oc]
-                            h = x3 * wv
-                            e = fma(x3, wv, -h)
-                            t = pp + h
-                            z = t - pp
-                            ss += ((pp - (t - z)) + (h - z)) + e
-                            mm += abs(h)
-                            pp = t
+                            pp, ss, mm = dot2_step(pp, ss, mm, x3, wv)
                             wv = w[a, bb, ci + 4, oc0 + oc]
-                            h = x4 * wv
-                            e = fma(x4, wv, -h)
-                            t = pp + h
-                            z = t - pp
-                            ss += ((pp - (t - z)) + (h - z)) + e
-                            mm += abs(h)
-                            pp = t
+                            pp, ss, mm = dot2_step(pp, ss, mm, x4, wv)
                             wv = w[a, bb, ci + 5, oc0 + oc]
-                            h = x5 * wv
-                            e = fma(x5, wv, -h)
-                            t = pp + h
-                            z = t - pp
-                            ss += ((pp - (t - z)) + (h - z)) + e
-                            mm += abs(h)
-                            pp = t
+                            pp, ss, mm = dot2_step(pp, ss, mm, x5, wv)
                             wv = w[a, bb, ci + 6, oc0 + oc]
-                            h = x6 * wv
-                            e = fma(x6, wv, -h)
-                            t = pp + h
-                            z = t - pp
-                            ss += ((pp - (t - z)) + (h - z)) + e
-                            mm += abs(h)
-                            pp = t
+                            pp, ss, mm = dot2_step(pp, ss, mm, x6, wv)
                             wv = w[a, bb, ci + 7, oc0 + oc]
-                            h = x7 * wv
-                            e = fma(x7, wv, -h)
-                            t = pp + h
-                            z = t - pp
-                            ss += ((pp - (t - z)) + (h - z)) + e
-                            mm += abs(h)
-                            pp = t
+                            pp, ss, mm = dot2_step(pp, ss, mm, x7, wv)
                             p[jj, oc] = pp
                             s[jj, oc] = ss
                             m[jj, oc] = mm
@@ -191,13 +153,7 @@ def dot2_conv(xp, w, b, has_bias, sh, sw, dh, dw, groups, oh, ow, hi_out, lo_out
                             ss = s[jj, oc]
                             mm = m[jj, oc]
                             wv = w[a, bb, ci, oc0 + oc]
-                            h = x0 * wv
-                            e = fma(x0, wv, -h)
-                            t = pp + h
-                            z = t - pp
-                            ss += ((pp - (t - z)) + (h - z)) + e
-                            mm += abs(h)
-                            pp = t
+                            pp, ss, mm = dot2_step(pp, ss, mm, x0, wv)
                             p[jj, oc] = pp
                             s[jj, oc] = ss
                             m[jj, oc] = mm
@@ -245,13 +201,7 @@ def dot2_depthwise(xp, w, b, has_bias, sh, sw, dh, dw, oh, ow, hi_out, lo_out, b
                         xv = xp[n, r, col, ch]
                         wv = w[a, bb, 0, ch]
                         pp = p[ch]
-                        h = xv * wv
-                        e = fma(xv, wv, -h)
-                        t = pp + h
-                        z = t - pp
-                        s[ch] += ((pp - (t - z)) + (h - z)) + e
-                        m[ch] += abs(h)
-                        p[ch] = t
+                        p[ch], s[ch], m[ch] = dot2_step(pp, s[ch], m[ch], xv, wv)
             for ch in range(c):
                 pp = p[ch]
                 ss = s[ch]
@@ -612,13 +562,7 @@ def dot2_pairs(xs, b1, r1b, sa, sb, bias, has_bias, ii, jj, out, decided):
         for kk in range(k):
             xv = xs[i, kk]
             wv = b1[kk, j] + r1b[kk, j]
-            h = xv * wv
-            e = fma(xv, wv, -h)
-            t = p + h
-            z = t - p
-            s += ((p - (t - z)) + (h - z)) + e
-            mag += abs(h)
-            p = t
+            p, s, mag = dot2_step(p, s, mag, xv, wv)
         hi = p + s
         z = hi - p
         lo = (p - (hi - z)) + (s - z)

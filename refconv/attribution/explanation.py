@@ -52,10 +52,14 @@ def explain_attribution(a: Attribution) -> str:
         parts.append(f"{a.label} is consistent with {a.precision} arithmetic{how}: verdict {a.verdict}{tail}.")
         parts.append(_measures(a))
         if a.input_cast_error == a.input_cast_error:
-            parts.append(
-                f"Casting the inputs ({a.extra.get('cast_reference', '')}) accounts for {g(a.input_cast_error)} of the "
-                f"error and the arithmetic for {g(a.arithmetic_error)}."
-            )
+            ref = a.extra.get("cast_reference", "")
+            if ref.startswith("intended inputs"):
+                parts.append(f"The inputs were not cast; all {g(a.arithmetic_error)} of the error is arithmetic.")
+            else:
+                parts.append(
+                    f"Casting the inputs ({ref}) accounts for {g(a.input_cast_error)} of the "
+                    f"error and the arithmetic for {g(a.arithmetic_error)}."
+                )
         others = [c for c in a.candidates if c != a.precision]
         if others:
             parts.append(f"The data cannot rule out {', '.join(others)} either.")

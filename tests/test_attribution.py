@@ -265,3 +265,17 @@ def test_import_pulls_no_framework():
             "('torch', 'tensorflow', 'jax', 'numba', 'mpmath', 'matplotlib', 'onnxruntime')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_float64_run_does_not_list_float32_as_candidate():
+    """A float64 run far closer to the truth than float32-rounded inputs allow is not 'possibly float32'."""
+    from refconv.oracle._im2col import float_conv_nhwc
+    from refconv.spec import ConvSpec
+
+    rng = np.random.default_rng(7)
+    x, w = rng.random((1, 12, 12, 32)), rng.random((3, 3, 32, 16))
+    spec = ConvSpec.from_shapes(x.shape, w.shape, padding="SAME")
+    y = float_conv_nhwc(x, w, spec)  # plain float64 GEMM: float64 arithmetic on the intended inputs
+    a = refconv.attribute(y, x, w, padding="SAME", dtype="float64")
+    assert (a.precision, a.verdict) == ("float64", "ok")
+    assert a.candidates == ["float64"], f"float32 input rounding is absent from this run, got {a.candidates}"

@@ -6,29 +6,18 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 from hypothesis import HealthCheck, given, settings
+from numpy_im2col import conv2d_im2col_f32
 
 from refconv.testing import VALUE_FAMILIES, check_conv2d, compare_conv2d, default_problems
 from refconv.testing.problems import DTYPES, PADDING_FORMS, random_problems
 from refconv.testing.strategies import conv_problems
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
-sys.path.insert(0, str(EXAMPLES))
-from numpy_im2col import conv2d_im2col_f32  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_threaded():
-    import numba
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("numba_single_threaded")
 
 
 def test_default_corpus_covers_every_family_padding_form_and_layout():

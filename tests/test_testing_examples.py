@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import importlib
-import sys
-from pathlib import Path
 
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
-sys.path.insert(0, str(EXAMPLES))
+from conftest import EXAMPLES
 
 
 def _example(name):
     return importlib.import_module(name)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_threaded():
-    import numba
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("numba_single_threaded")
 
 
 def test_every_example_is_tested():

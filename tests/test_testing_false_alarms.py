@@ -8,30 +8,17 @@ PyTorch float32 CPU and TensorFlow float32 CPU (through refconv.frameworks).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from numpy_im2col import conv2d_im2col_f32
 
 from refconv.testing import compare_conv2d, conv2d_tolerance
 from refconv.testing.problems import random_problems
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "examples"))
-from numpy_im2col import conv2d_im2col_f32  # noqa: E402
 
 N_PROBLEMS = 1000
 CHUNKS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_threaded():
-    """Tiny convs: thread start-up dominates on a shared 2-core runner."""
-    import numba
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("numba_single_threaded")
 
 
 def _kernels():

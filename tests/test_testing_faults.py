@@ -12,30 +12,18 @@ rounding, has its own test (the precision-signature check).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from numpy_im2col import conv2d_im2col_f32
 
 from refconv.testing import compare_conv2d, conv2d_tolerance, round_to
 from refconv.testing.problems import random_problems
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "examples"))
-from numpy_im2col import conv2d_im2col_f32  # noqa: E402
 
 N_PROBLEMS = 40
 FAMILIES = ["uniform", "normal", "positive", "mixed_magnitudes", "ill_conditioned"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_threaded():
-    import numba
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("numba_single_threaded")
 
 
 def _hwio_to_caller(spec, w_hwio):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from numpy_im2col import conv2d_im2col_f32
 
 import refconv
 from refconv.errors import ShapeError, UnknownNameError
@@ -22,18 +20,7 @@ from refconv.testing import (
     ulp,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "examples"))
-from numpy_im2col import conv2d_im2col_f32  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_threaded():
-    import numba
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("numba_single_threaded")
 
 
 def _rand(seed=0, xs=(2, 7, 6, 4), ws=(3, 3, 4, 5), bias=True, dtype=np.float32):

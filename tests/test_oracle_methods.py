@@ -224,3 +224,38 @@ def test_exact_matches_mpmath_on_medium_problems(family):
         with np.errstate(all="ignore"):
             pts = refconv.conv2d_points(x, w, b, positions=every, **geometry)
         assert_bitwise_equal(pts.values, mp.ravel(), f"conv2d_points, family={family} x{xs} w{ws} {geometry}")
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "nonfinite"])
+@pytest.mark.parametrize("workspace", [256 * 2**20, 4096])
+def test_kahan_paths_agree_and_meet_the_dot2_bound(family, workspace):
+    """Both kahan paths (BLAS splitting and Numba Dot2) on the same data: within their bounds, the bounds no
+    looser than Dot2's u·|y| + γ²·Σ|x·w|, and the GEMM path correctly rounded wherever its bound says so.
+
+    The 4 KB workspace forces one-row tiles, so the two-digit level and the per-element Dot2 run too.
+    """
+    from refconv.oracle.kahan import conv2d_kahan_nhwc
+
+    rng = np.random.default_rng([7, FAMILIES.index(family)])
+    x, w, b = family_values(family, rng, (2, 6, 7, 40), (3, 3, 40, 24))
+    spec = ConvSpec.from_arrays(x, w, b, stride=(1, 2), padding="SAME")
+    with np.errstate(all="ignore"):
+        exact = refconv.conv2d(x, w, b, stride=(1, 2), padding="SAME")
+        x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+        b64 = None if b is None else np.asarray(b, np.float64)
+        n = spec.n_terms + 1
+        gamma = n * U64 / (1 - n * U64)
+        absconv = float_conv_nhwc(np.abs(x64), np.abs(w64), spec) + (0 if b64 is None else np.abs(b64))
+        for path in ("gemm", "direct"):
+            y, bound = conv2d_kahan_nhwc(x64, w64, b64, spec, workspace_bytes=workspace, path=path)
+            ok = np.isfinite(bound)
+            np.testing.assert_array_equal(ok, np.isfinite(y), err_msg=f"{path}: finite bound exactly where y is")
+            err = np.abs(y - exact)
+            outside = np.argwhere(ok & (err > bound))[:3]
+            assert not len(outside), f"{family}/{path}: outside its bound at {outside}"
+            dot2 = U64 * np.abs(y) + gamma**2 * absconv * (1 + 2**-40) + 2.0**-1000
+            assert np.all(bound[ok] <= 1.01 * dot2[ok]), f"{family}/{path}: bound looser than Dot2's"
+            if path == "gemm":
+                half_ulp = np.spacing(np.abs(exact)) / 2
+                rounded = ok & (bound <= half_ulp) & (np.abs(exact) >= 2.0**-1022)
+                assert_bitwise_equal(y[rounded], exact[rounded], f"{family}: decided elements must round correctly")

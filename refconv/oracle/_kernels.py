@@ -12,11 +12,12 @@ Kernels (all take arrays and ints, return nothing, write into output arrays):
   accumulator load. Writes ``hi = fl(p + s)``, ``lo = (p + s) - hi`` (exact) and a
   rigorous bound on ``|p + s - exact|``. Summation order is the tap order for
   every thread count, so results are bitwise reproducible.
-* ``split_im2col`` / ``split_cols``: fused im2col (or weight columns) + per-row power-of-two scaling +
-  one β-bit digit split (Ozaki et al. 2012) with the row statistics the
-  certified bound needs; ``split2_rows`` / ``split2_cols`` split the remainders once more.
+* ``row_exponents`` / ``col_exponents``, ``split_rows`` / ``split_cols``, ``finish_stats``: one
+  K-chunk at a time, fused im2col (or weight columns) + per-row power-of-two scaling +
+  digit split (Ozaki et al. 2012) into one or two digits, with the row statistics the
+  certified bounds need.
 * ``predict_undecided``, ``combine_level1``, ``combine_level2``: certified decisions (exact.py).
-* ``dot2_pairs``: Dot2 with certified decision for selected (row, column) pairs.
+* ``dot2_pairs``: Dot2 with certified decision and error bound for selected (row, column) pairs.
 """
 
 from __future__ import annotations
@@ -220,134 +221,190 @@ def dot2_any(xp, w, b, has_bias, sh, sw, dh, dw, groups, oh, ow, hi_out, lo_out,
         dot2_conv(xp, w, b, has_bias, sh, sw, dh, dw, groups, oh, ow, hi_out, lo_out, bound_out)
 
 
-@pjit
-def split_im2col(xp, n, r0, ow, kh, kw, c0, cg, sh, sw, dh, dw, beta, xs, a1, r1, stats):
-    """Rows of the im2col tile (output rows r0.., all columns), scaled and split.
+@jit
+def digit(v, c):
+    """v rounded to the nearest multiple of ulp(c) (c = 1.5·2^(52-β) gives β fractional bits); |v| < 2^(51-β).
 
-    xs = A·2^-e (exact unless below 2^-1022), a1 = its first β bits, r1 = xs - a1.
-    stats columns: e, Σ|r1|, max|r1|, Σ|xs|, lossy (scaling rounded something).
+    Two adds instead of trunc(v·2^β)·2^-β: no float-to-int conversion, so loops vectorize,
+    and the remainder v - digit is at most half a unit of the digit (a tighter tail).
     """
-    rows = xs.shape[0]
-    up = 2.0**beta
-    down = 2.0**-beta
-    for mrow in prange(rows):
-        i = r0 + mrow // ow
-        j = mrow % ow
+    return (v + c) - c
+
+
+@jit
+def square_sum_upper(sq, k):
+    """Upper bound of an exact sum of k squares from its float sum ``sq`` (rounding and underflow)."""
+    nu = (k + 2) * 2.0**-53
+    return (sq + k * 2.0**-1074) * (1.0 + 2.0 * nu / (1.0 - nu))
+
+
+@jit
+def row_exponents(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, st):
+    """Per im2col row m0 + r: st[r, 0] = exponent e of its largest |value| (max|row|·2^-e in [0.5, 1)),
+    st[r, 2] = 1 if some nonzero value scales below 2^-1022 (scaling may round it), else 0."""
+    for r in range(st.shape[0]):
+        m = m0 + r
+        n = m // (oh * ow)
+        i = (m // ow) % oh
+        j = m % ow
         amax = 0.0
+        amin = math.inf
         for a in range(kh):
             for bb in range(kw):
                 for ci in range(cg):
-                    amax = max(amax, abs(xp[n, i * sh + a * dh, j * sw + bb * dw, c0 + ci]))
+                    v = abs(xp[n, i * sh + a * dh, j * sw + bb * dw, c0 + ci])
+                    amax = max(amax, v)
+                    amin = min(amin, v if v != 0.0 else math.inf)
         e = math.frexp(amax)[1]
-        direct = -1000 <= e <= 1000
-        scale = math.ldexp(1.0, -e) if direct else 0.0
-        rsum = 0.0
-        rmax = 0.0
-        asum = 0.0
-        lossy = 0.0
-        k = 0
-        for a in range(kh):
-            for bb in range(kw):
-                for ci in range(cg):
-                    v = xp[n, i * sh + a * dh, j * sw + bb * dw, c0 + ci]
-                    vs = v * scale if direct else math.ldexp(v, -e)
-                    if abs(vs) < 2.0**-1022 and math.ldexp(vs, e) != v:
-                        lossy = 1.0
-                    d = math.trunc(vs * up) * down
-                    rr = vs - d
-                    xs[mrow, k] = vs
-                    a1[mrow, k] = d
-                    r1[mrow, k] = rr
-                    rsum += abs(rr)
-                    rmax = max(rmax, abs(rr))
-                    asum += abs(vs)
-                    k += 1
-        stats[mrow, 0] = e
-        stats[mrow, 1] = rsum
-        stats[mrow, 2] = rmax
-        stats[mrow, 3] = asum
-        stats[mrow, 4] = lossy
+        st[r, 0] = e
+        st[r, 2] = 1.0 if amin < math.inf and math.ldexp(amin, -e) < 2.0**-1022 else 0.0
 
 
-@pjit
-def split_cols(mat, beta, xs, a1, r1, stats):
-    """Column-wise split of a (K, N) matrix into (K, N) arrays; stats rows are per column.
-
-    Threads take fixed chunks of rows (whole rows: contiguous, vectorized, no TLB
-    thrashing) and keep partial column statistics, reduced at the end.
-    """
+@jit
+def col_exponents(mat, st):
+    """:func:`row_exponents` for the columns of mat (K, N), column-major: st[0, j], st[2, j]."""
     k, ncols = mat.shape
-    up = 2.0**beta
-    down = 2.0**-beta
     amax = np.zeros(ncols)
+    amin = np.full(ncols, math.inf)
     for kk in range(k):
         for j in range(ncols):
-            amax[j] = max(amax[j], abs(mat[kk, j]))
-    ee = np.zeros(ncols, dtype=np.int64)
-    scale = np.zeros(ncols)
-    unscale = np.zeros(ncols)
-    direct = True
+            v = abs(mat[kk, j])
+            amax[j] = max(amax[j], v)
+            amin[j] = min(amin[j], v if v != 0.0 else math.inf)
     for j in range(ncols):
         e = math.frexp(amax[j])[1]
-        ee[j] = e
+        st[0, j] = e
+        st[2, j] = 1.0 if amin[j] < math.inf and math.ldexp(amin[j], -e) < 2.0**-1022 else 0.0
+
+
+@jit
+def split_rows(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, beta, c, two, xs, a1, r1, a2, r2, st, st2):
+    """Split the im2col columns c .. c + xs.shape[1] of rows m0 .. of the tile (one K-chunk).
+
+    Row r is scaled by 2^-e (e = st[r, 0], from :func:`row_exponents`; exact unless
+    below 2^-1022) to xs, rounded to β fractional bits a1 = digit(xs) (|a1| ≤ 1, so
+    K products of two such digits sum exactly in float64) and r1 = xs - a1 (|r1| ≤ 2^-β-1).
+    Accumulates the statistics st[r, 1] = Σ|r1| and st[r, 3:6] = Σxs², Σr1², Σa1² (finish
+    with :func:`finish_stats`). With ``two`` also the second digit a2 = digit(r1) at 2β
+    bits, r2 = r1 - a2, and st2[r, 0] = Σ|r2|. Chunks are taken in K order, so the sums
+    do not depend on the chunk size.
+    """
+    cc = 1.5 * 2.0 ** (52 - beta)
+    cc2 = 1.5 * 2.0 ** (52 - 2 * beta)
+    kc = xs.shape[1]
+    for r in range(xs.shape[0]):
+        m = m0 + r
+        n = m // (oh * ow)
+        i = (m // ow) % oh
+        j = m % ow
+        e = int(st[r, 0])
+        direct = -1000 <= e <= 1000
+        scale = math.ldexp(1.0, -e) if direct else 0.0
+        s1, s5, s6, s7 = st[r, 1], st[r, 3], st[r, 4], st[r, 5]
+        t1 = st2[r, 0] if two else 0.0
+        q = 0
+        kk = c
+        while q < kc:  # one contiguous run of input channels per (tap row, tap column)
+            a = kk // (kw * cg)
+            bb = (kk // cg) % kw
+            ci = kk % cg
+            run = min(cg - ci, kc - q)
+            src = xp[n, i * sh + a * dh, j * sw + bb * dw, c0 + ci : c0 + ci + run]
+            for u in range(run):
+                v = src[u]
+                vs = v * scale if direct else math.ldexp(v, -e)
+                d = digit(vs, cc)
+                rr = vs - d
+                xs[r, q + u] = vs
+                a1[r, q + u] = d
+                r1[r, q + u] = rr
+                s1 += abs(rr)
+                s5 += vs * vs
+                s6 += rr * rr
+                s7 += d * d
+                if two:
+                    d2 = digit(rr, cc2)
+                    a2[r, q + u] = d2
+                    r2[r, q + u] = rr - d2
+                    t1 += abs(rr - d2)
+            q += run
+            kk += run
+        st[r, 1], st[r, 3], st[r, 4], st[r, 5] = s1, s5, s6, s7
+        if two:
+            st2[r, 0] = t1
+
+
+@jit
+def split_cols(mat, beta, c, two, a1, r1, a2, r2, stc, st2c):
+    """:func:`split_rows` for rows c .. c + a1.shape[0] of a (K, N) matrix split by columns (one K-chunk).
+
+    Same digits and statistics; statistics are column-major here (stc[q, j],
+    st2c[0, j]; stc[0] = the exponents from :func:`col_exponents`) so that the loops
+    over columns vectorize.
+    """
+    ncols = mat.shape[1]
+    cc = 1.5 * 2.0 ** (52 - beta)
+    cc2 = 1.5 * 2.0 ** (52 - 2 * beta)
+    scale = np.zeros(ncols)  # 0 where 2^-e is not representable; those columns are redone with ldexp below
+    slow = False
+    for j in range(ncols):
+        e = int(stc[0, j])
         if -1000 <= e <= 1000:
             scale[j] = math.ldexp(1.0, -e)
-            unscale[j] = math.ldexp(1.0, e)
         else:
-            direct = False
-    nch = 16
-    part = np.zeros((nch, 4, ncols))
-    for ch in prange(nch):
-        for kk in range(ch * k // nch, (ch + 1) * k // nch):  # branch-free: vectorizes
+            slow = True
+    s1, s5, s6, s7 = stc[1], stc[3], stc[4], stc[5]
+    t1 = st2c[0]
+    for q in range(a1.shape[0]):
+        src = mat[c + q]
+        ad = a1[q]
+        rd = r1[q]
+        for j in range(ncols):  # branch-free: vectorizes
+            vs = src[j] * scale[j]
+            d = digit(vs, cc)
+            rr = vs - d
+            ad[j] = d
+            rd[j] = rr
+            s1[j] += abs(rr)
+            s5[j] += vs * vs
+            s6[j] += rr * rr
+            s7[j] += d * d
+        if two:
+            a2d = a2[q]
+            r2d = r2[q]
             for j in range(ncols):
-                v = mat[kk, j]
-                vs = v * scale[j]
-                d = math.trunc(vs * up) * down
-                rr = vs - d
-                xs[kk, j] = vs
-                a1[kk, j] = d
-                r1[kk, j] = rr
-                part[ch, 0, j] += abs(rr)
-                part[ch, 1, j] = max(part[ch, 1, j], abs(rr))
-                part[ch, 2, j] += abs(vs)
-                part[ch, 3, j] = max(part[ch, 3, j], abs(vs * unscale[j] - v))  # > 0 iff scaling rounded
-    for j in range(ncols):
-        stats[j, 0] = ee[j]
-        stats[j, 1] = 0.0
-        stats[j, 2] = 0.0
-        stats[j, 3] = 0.0
-        stats[j, 4] = 0.0
-        for ch in range(nch):
-            stats[j, 1] += part[ch, 0, j]
-            stats[j, 2] = max(stats[j, 2], part[ch, 1, j])
-            stats[j, 3] += part[ch, 2, j]
-            stats[j, 4] = max(stats[j, 4], part[ch, 3, j])
-    if not direct:  # exponents beyond ±1000: scale with ldexp (2^-e alone would over/underflow)
+                d2 = digit(rd[j], cc2)
+                a2d[j] = d2
+                r2d[j] = rd[j] - d2
+                t1[j] += abs(rd[j] - d2)
+    if slow:  # exponents beyond ±1000: scale with ldexp (2^-e alone would overflow or underflow)
         for j in range(ncols):
-            e = ee[j]
-            if -1000 <= e <= 1000:
+            if scale[j] != 0.0:
                 continue
-            rsum = 0.0
-            rmax = 0.0
-            asum = 0.0
-            lossy = 0.0
-            for kk in range(k):
-                v = mat[kk, j]
-                vs = math.ldexp(v, -e)
-                d = math.trunc(vs * up) * down
+            e = int(stc[0, j])
+            for q in range(a1.shape[0]):
+                vs = math.ldexp(mat[c + q, j], -e)
+                d = digit(vs, cc)
                 rr = vs - d
-                xs[kk, j] = vs
-                a1[kk, j] = d
-                r1[kk, j] = rr
-                rsum += abs(rr)
-                rmax = max(rmax, abs(rr))
-                asum += abs(vs)
-                if math.ldexp(vs, e) != v:
-                    lossy = 1.0
-            stats[j, 1] = rsum
-            stats[j, 2] = rmax
-            stats[j, 3] = asum
-            stats[j, 4] = lossy
+                a1[q, j] = d
+                r1[q, j] = rr
+                s1[j] += abs(rr)
+                s5[j] += vs * vs
+                s6[j] += rr * rr
+                s7[j] += d * d
+                if two:
+                    d2 = digit(rr, cc2)
+                    a2[q, j] = d2
+                    r2[q, j] = rr - d2
+                    t1[j] += abs(rr - d2)
+
+
+@jit
+def finish_stats(st, k):
+    """Turn the float sums of squares st[:, 3:6] of k terms into rigorous upper bounds."""
+    for r in range(st.shape[0]):
+        for q in range(3, 6):
+            st[r, q] = square_sum_upper(st[r, q], k)
 
 
 @pjit
@@ -371,13 +428,34 @@ def any_nonzero_term(xp, w, sh, sw, dh, dw, groups, oh, ow, idx, out):
         out[q] = hit
 
 
+@jit
+def tail_mag1(sa, sb, i, j):
+    """Upper bound of Σ|xs_A||r1_B| + Σ|r1_A||a1_B| for row i, column j, from the statistics.
+
+    Each sum is bounded two ways (|xs|, |a1| ≤ 1; Cauchy–Schwarz on the sums of
+    squares) and the smaller bound is taken.
+    """
+    cs1 = math.sqrt(sa[i, 3]) * math.sqrt(sb[j, 4]) * (1.0 + 2.0**-50)
+    cs2 = math.sqrt(sa[i, 4]) * math.sqrt(sb[j, 5]) * (1.0 + 2.0**-50)
+    return min(sb[j, 1], cs1) + min(sa[i, 1], cs2)
+
+
+@jit
+def unscaled_bound(err, ex):
+    """err·2^ex rounded up (ldexp may round a subnormal result down)."""
+    return math.ldexp(err, ex) * (1.0 + 2.0**-52) + 2.0**-1074
+
+
 @pjit
-def combine_level1(p1, t, sa, sb, bias, has_bias, k, t_gamma, y, decided):
+def combine_level1(p1, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, bound):
     """Decide y = round(p1 + T_exact + bias) per element (scaled units 2^(eA+eB)).
 
     p1 = a1·b1ᵀ is exact; |T - T_exact| ≤ t_gamma·Mij + slack with
-    Mij ≥ Σ|xs_A||r1_B| + Σ|r1_A||a1_B| built from the row statistics
-    (|xs|, |a1| < 1). Rows of sa/sb: e, Σ|r1|, max|r1|, Σ|xs|, lossy.
+    Mij ≥ Σ|xs_A||r1_B| + Σ|r1_A||a1_B| (:func:`tail_mag1`).
+    Writes, in the caller's units: ``decided`` and the correctly rounded ``y`` where the
+    uncertainty interval rounds to one float64; else y = the level-1 value and
+    ``bound`` ≥ |y - exact| (inf where the scaled computation cannot be trusted:
+    bias that does not scale exactly, results out of the normal range).
     """
     mrows, ncols = p1.shape
     infl = 1.0 + 8.0 * k * 2.0**-53
@@ -385,9 +463,8 @@ def combine_level1(p1, t, sa, sb, bias, has_bias, k, t_gamma, y, decided):
     for i in prange(mrows):
         ea = int(sa[i, 0])
         for j in range(ncols):
-            eb = int(sb[j, 0])
-            ex = ea + eb
-            mag = min(sb[j, 1], sb[j, 2] * sa[i, 3]) + min(sa[i, 1], sa[i, 2] * sb[j, 3])
+            ex = ea + int(sb[j, 0])
+            mag = tail_mag1(sa, sb, i, j)
             bs = 0.0
             ok = True
             if has_bias:
@@ -405,20 +482,23 @@ def combine_level1(p1, t, sa, sb, bias, has_bias, k, t_gamma, y, decided):
             hi = s2 + corr
             z = hi - s2
             lo = (s2 - (hi - z)) + (corr - z)
-            if hi == 0.0 and lo == 0.0 and mag == 0.0 and ok and sa[i, 4] == 0.0 and sb[j, 4] == 0.0:
+            if hi == 0.0 and lo == 0.0 and mag == 0.0 and ok and sa[i, 2] == 0.0 and sb[j, 2] == 0.0:
                 y[i, j] = 0.0
                 decided[i, j] = True
+                bound[i, j] = 0.0
                 continue
             y[i, j] = hi
             decided[i, j] = False
+            bound[i, j] = math.inf
             if not ok or not math.isfinite(hi) or abs(hi) < 2.0**-1022:
                 continue
+            yv = math.ldexp(hi, ex)
+            if not math.isfinite(yv) or abs(yv) < 2.0**-1022:
+                continue
             err = (abs(lo) + t_gamma * mag * infl + slack + 2.0**-53 * (abs(e1) + abs(e2))) * (1.0 + 2.0**-50)
-            if err < half_gap(hi):
-                yv = math.ldexp(hi, ex)
-                if math.isfinite(yv) and abs(yv) >= 2.0**-1022:
-                    y[i, j] = yv
-                    decided[i, j] = True
+            y[i, j] = yv
+            bound[i, j] = unscaled_bound(err, ex)
+            decided[i, j] = err < half_gap(hi)
 
 
 @pjit
@@ -430,7 +510,7 @@ def predict_undecided(p1, sa, sb, bias, has_bias, k, t_gamma):
         ea = int(sa[i, 0])
         acc = 0.0
         for j in range(ncols):
-            mag = min(sb[j, 1], sb[j, 2] * sa[i, 3]) + min(sa[i, 1], sa[i, 2] * sb[j, 3])
+            mag = tail_mag1(sa, sb, i, j)
             v = p1[i, j]
             if has_bias:
                 v += math.ldexp(bias[j], -(ea + int(sb[j, 0])))
@@ -443,59 +523,13 @@ def predict_undecided(p1, sa, sb, bias, has_bias, k, t_gamma):
 
 
 @pjit
-def split2_rows(r1, beta, a2, r2, st2):
-    """Second digit of row-split remainders: r1 = a2 + r2, |a2·2^(2β)| < 2^β; st2 = Σ|r2|, max|r2| per row."""
-    rows, k = r1.shape
-    up = 2.0 ** (2 * beta)
-    down = 2.0 ** (-2 * beta)
-    for i in prange(rows):
-        rs = 0.0
-        rm = 0.0
-        for kk in range(k):
-            v = r1[i, kk]
-            d = math.trunc(v * up) * down
-            rr = v - d
-            a2[i, kk] = d
-            r2[i, kk] = rr
-            rs += abs(rr)
-            rm = max(rm, abs(rr))
-        st2[i, 0] = rs
-        st2[i, 1] = rm
-
-
-@pjit
-def split2_cols(r1, beta, a2, r2, st2):
-    """split2_rows for (K, N) column-split remainders; st2 rows are per column."""
-    k, ncols = r1.shape
-    up = 2.0 ** (2 * beta)
-    down = 2.0 ** (-2 * beta)
-    nch = 16
-    part = np.zeros((nch, 2, ncols))
-    for ch in prange(nch):
-        for kk in range(ch * k // nch, (ch + 1) * k // nch):
-            for j in range(ncols):
-                v = r1[kk, j]
-                d = math.trunc(v * up) * down
-                rr = v - d
-                a2[kk, j] = d
-                r2[kk, j] = rr
-                part[ch, 0, j] += abs(rr)
-                part[ch, 1, j] = max(part[ch, 1, j], abs(rr))
-    for j in range(ncols):
-        st2[j, 0] = 0.0
-        st2[j, 1] = 0.0
-        for ch in range(nch):
-            st2[j, 0] += part[ch, 0, j]
-            st2[j, 1] = max(st2[j, 1], part[ch, 1, j])
-
-
-@pjit
-def combine_level2(p1, x12, x21, t2, sa, sb, s2a, s2b, bias, has_bias, k, t_gamma, y, decided):
+def combine_level2(p1, x12, x21, t2, sa, sb, s2a, s2b, bias, has_bias, k, t_gamma, y, decided, bound):
     """Decide round(a1b1 + a1b2 + a2b1 (exact GEMMs) + T2 (float) + bias), scaled units.
 
-    T2 = a1·r2_Bᵀ + r1_A·r1_Bᵀ + r2_A·b1ᵀ with |T2 - exact| ≤ t_gamma·M2 + slack,
-    M2 ≥ Σ|a1||r2_B| + Σ|r1_A||r1_B| + Σ|r2_A||b1| from the row statistics.
+    T2 = a1·r2_B + r1_A·r1_B + r2_A·b1 with |T2 - exact| ≤ t_gamma·M2 + slack,
+    M2 = Σ|r2_B| + ‖r1_A‖‖r1_B‖ + Σ|r2_A| ≥ Σ|a1||r2_B| + Σ|r1_A||r1_B| + Σ|r2_A||b1| (digits ≤ 1).
     The exact terms are added by TwoSum; their float-summed errors cost ≤ γ_4·Σ|err|.
+    Outputs as :func:`combine_level1`'s.
     """
     mrows, ncols = p1.shape
     infl = 1.0 + 8.0 * k * 2.0**-53
@@ -505,8 +539,8 @@ def combine_level2(p1, x12, x21, t2, sa, sb, s2a, s2b, bias, has_bias, k, t_gamm
         ea = int(sa[i, 0])
         for j in range(ncols):
             ex = ea + int(sb[j, 0])
-            mag = (min(s2b[j, 0], s2b[j, 1] * sa[i, 3]) + min(sa[i, 1] * sb[j, 2], sa[i, 2] * sb[j, 1])
-                   + min(s2a[i, 0], s2a[i, 1] * sb[j, 3]))
+            rr = math.sqrt(sa[i, 4]) * math.sqrt(sb[j, 4]) * (1.0 + 2.0**-50)  # Cauchy–Schwarz
+            mag = s2b[j, 0] + rr + s2a[i, 0]
             bs = 0.0
             ok = True
             if has_bias:
@@ -527,53 +561,98 @@ def combine_level2(p1, x12, x21, t2, sa, sb, s2a, s2b, bias, has_bias, k, t_gamm
             lo = (acc - (hi - z)) + (corr - z)
             y[i, j] = hi
             decided[i, j] = False
+            bound[i, j] = math.inf
             if not ok or not math.isfinite(hi) or abs(hi) < 2.0**-1022:
                 continue
+            yv = math.ldexp(hi, ex)
+            if not math.isfinite(yv) or abs(yv) < 2.0**-1022:
+                continue
             err = (abs(lo) + t_gamma * mag * infl + slack + g4 * esum) * (1.0 + 2.0**-50)
-            if err < half_gap(hi):
-                yv = math.ldexp(hi, ex)
-                if math.isfinite(yv) and abs(yv) >= 2.0**-1022:
-                    y[i, j] = yv
-                    decided[i, j] = True
+            y[i, j] = yv
+            bound[i, j] = unscaled_bound(err, ex)
+            decided[i, j] = err < half_gap(hi)
 
 
 @pjit
-def dot2_pairs(xs, b1, r1b, sa, sb, bias, has_bias, ii, jj, out, decided):
-    """Dot2 of scaled rows xs[i] and columns b1[:, j] + r1b[:, j] (+ scaled bias) at pairs (ii, jj), certified."""
-    k = xs.shape[1]
+def dot2_pairs(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, mat, sa, sb, bias, has_bias, ii, jj, starts,
+               out, bound, decided):
+    """Dot2 of scaled im2col rows m0 + ii and scaled columns mat[:, jj] (+ scaled bias), certified.
+
+    Rows and columns are scaled exactly as :func:`split_rows` / :func:`split_cols` scale
+    them (by 2^-e from sa[:, 0], sb[:, 0]). Pairs are sorted by column; ``starts``
+    delimits each column's run, and the needed columns are first gathered into
+    contiguous rows. Writes, in the caller's units, the correctly rounded value where
+    decided, else the Dot2 value, and a rigorous ``bound`` on its error (inf where the
+    scaled computation cannot be trusted: bias that does not scale exactly, results
+    out of the normal range).
+    """
+    k = kh * kw * cg
     nterms = k + (1 if has_bias else 0)
     nu = (nterms + 1) * 2.0**-53
     gamma = nu / (1.0 - nu)
     g2 = gamma * gamma * (1.0 + 4.0 * nu) / (1.0 - 2.0**-52)
     slack = 16.0 * nterms * 2.0**-1074
-    for q in prange(ii.shape[0]):
-        i = ii[q]
-        j = jj[q]
-        ex = int(sa[i, 0]) + int(sb[j, 0])
-        decided[q] = False
-        out[q] = 0.0
-        p = 0.0
-        if has_bias:
-            p = math.ldexp(bias[j], -ex)
-            if not (math.isfinite(p) and math.ldexp(p, ex) == bias[j]):
+    ng = starts.shape[0] - 1
+    js = np.empty(ng, dtype=np.int64)
+    scale = np.zeros(ng)
+    for g in range(ng):
+        js[g] = jj[starts[g]]
+        e = int(sb[js[g], 0])
+        if -1000 <= e <= 1000:
+            scale[g] = math.ldexp(1.0, -e)
+    cols = np.empty((ng, k))
+    for kk in range(k):  # gather the needed columns along rows of mat
+        for g in range(ng):
+            cols[g, kk] = mat[kk, js[g]] * scale[g]
+    for g in range(ng):
+        e = int(sb[js[g], 0])
+        if not -1000 <= e <= 1000:
+            for kk in range(k):
+                cols[g, kk] = math.ldexp(mat[kk, js[g]], -e)
+    for g in prange(ng):
+        j = js[g]
+        col = cols[g]
+        xs = np.empty(k)
+        for q in range(starts[g], starts[g + 1]):
+            i = ii[q]
+            ea = int(sa[i, 0])
+            ex = ea + int(sb[j, 0])
+            decided[q] = False
+            out[q] = 0.0
+            bound[q] = math.inf
+            m = m0 + i
+            n = m // (oh * ow)
+            oi = (m // ow) % oh
+            oj = m % ow
+            rs = math.ldexp(1.0, -ea) if -1000 <= ea <= 1000 else 0.0
+            kk = 0
+            for a in range(kh):
+                for bb in range(kw):
+                    for ci in range(cg):
+                        v = xp[n, oi * sh + a * dh, oj * sw + bb * dw, c0 + ci]
+                        xs[kk] = v * rs if rs != 0.0 else math.ldexp(v, -ea)
+                        kk += 1
+            p = 0.0
+            if has_bias:
+                p = math.ldexp(bias[j], -ex)
+                if not (math.isfinite(p) and math.ldexp(p, ex) == bias[j]):
+                    continue
+            s = 0.0
+            mag = abs(p)
+            for kk in range(k):
+                p, s, mag = dot2_step(p, s, mag, xs[kk], col[kk])
+            hi = p + s
+            z = hi - p
+            lo = (p - (hi - z)) + (s - z)
+            if not math.isfinite(hi) or abs(hi) < 2.0**-1022:
                 continue
-        s = 0.0
-        mag = abs(p)
-        for kk in range(k):
-            xv = xs[i, kk]
-            wv = b1[kk, j] + r1b[kk, j]
-            p, s, mag = dot2_step(p, s, mag, xv, wv)
-        hi = p + s
-        z = hi - p
-        lo = (p - (hi - z)) + (s - z)
-        if not math.isfinite(hi) or abs(hi) < 2.0**-1022:
-            continue
-        err = (abs(lo) + g2 * mag + slack) * (1.0 + 2.0**-50)
-        if err < half_gap(hi):
             yv = math.ldexp(hi, ex)
-            if math.isfinite(yv) and abs(yv) >= 2.0**-1022:
-                out[q] = yv
-                decided[q] = True
+            if not math.isfinite(yv) or abs(yv) < 2.0**-1022:
+                continue
+            err = (abs(lo) + g2 * mag + slack) * (1.0 + 2.0**-50)
+            out[q] = yv
+            bound[q] = unscaled_bound(err, ex)
+            decided[q] = err < half_gap(hi)
 
 
 @pjit
@@ -591,10 +670,10 @@ def certify_direct(hi, lo, bound, y, decided):
 
 _NAMESPACE = SimpleNamespace(
     fma=fma, half_gap=half_gap, dot2_conv=dot2_any, dot2_general=dot2_conv, dot2_depthwise=dot2_depthwise,
-    split_im2col=split_im2col,
-    combine_level1=combine_level1, split_cols=split_cols,
-    any_nonzero_term=any_nonzero_term, predict_undecided=predict_undecided, split2_rows=split2_rows,
-    split2_cols=split2_cols, combine_level2=combine_level2, dot2_pairs=dot2_pairs, certify_direct=certify_direct,
+    row_exponents=row_exponents, col_exponents=col_exponents, split_rows=split_rows, split_cols=split_cols,
+    finish_stats=finish_stats, combine_level1=combine_level1,
+    any_nonzero_term=any_nonzero_term, predict_undecided=predict_undecided, combine_level2=combine_level2,
+    dot2_pairs=dot2_pairs, certify_direct=certify_direct,
 )
 
 

@@ -42,12 +42,13 @@ tiles (half for split weight columns, half for im2col rows).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
 from ..spec import ConvSpec
 from ._exactsum import exact_dot
-from ._im2col import DEFAULT_WORKSPACE_BYTES, float_conv_nhwc, group_slices, pad_nhwc, row_tiles, window_view
+from ._im2col import DEFAULT_WORKSPACE_BYTES, float_conv_nhwc, group_slices, pad_nhwc, window_view
 
 
 def digit_bits(k: int) -> int:
@@ -133,7 +134,9 @@ def tail_gamma(k: int, kb: int, gemms: int = 2) -> float:
     return (gamma(kb) + gamma(chunks) * (1 + gamma(kb))) * (1 + 2.0**-40)
 
 
+_NSTATS = 6  # statistics per split row/column (see refconv.oracle._kernels.split_rows)
 _CHUNK = 512  # K-chunk of the level-1 tail GEMMs: bound γ_(512+2K/512); few BLAS calls (each syncs threads)
+_SAMPLE_ROWS, _SAMPLE_COLS = 32, 64  # the block whose p1 predicts the level of a tile
 _REFINE_FRACTION = 0.05  # above this (predicted or actual) undecided share a tile uses the two-digit level
 
 
@@ -148,21 +151,26 @@ def _finite_exact(
     if path == "direct":
         _direct_exact(xp, wc, b, spec, workspace_bytes, y, stats)
     else:
-        import numba
-
-        # BLAS does the heavy lifting here. Numba's OpenMP team spin-waits after each parallel kernel and
-        # steals cores from OpenBLAS's threads (measured: 2 threads each, seed shape, ~2-6x slower), so the
-        # light Numba kernels of this path run on the calling thread.
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            _gemm_exact(xp, wc, b, spec, workspace_bytes, y, stats)
-        finally:
-            numba.set_num_threads(threads)
+        gemm_conv(xp, wc, b, spec, workspace_bytes, y, stats)
     return y, stats
 
 
-def _exact_fallback(xp, wmat, b, spec, n, oi, oj, cs, col) -> float:
+def gemm_conv(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
+    """The GEMM path on padded NHWC xp and contiguous HWIO w (finite); "kahan" mode when ``bound`` is given."""
+    import numba
+
+    # BLAS does the heavy lifting here. Numba's OpenMP team spin-waits after each parallel kernel and
+    # steals cores from OpenBLAS's threads (measured: 2 threads each, seed shape, ~2-6x slower), so the
+    # light Numba kernels of this path run on the calling thread.
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _exact_fallback(xp, wmat, b, spec, cs, n, oi, oj, col) -> float:
     """The exact integer dot product for one output element (original, unscaled values)."""
     a = window_view(xp[..., cs], spec)[n, oi, oj].reshape(-1)
     return exact_dot(a, wmat[:, col], 0.0 if b is None else float(b[col]))
@@ -198,88 +206,153 @@ def _direct_exact(xp, w, b, spec, workspace_bytes, y, stats) -> None:
         for q in np.flatnonzero(~decided).tolist():
             nn, oi, oj, oc = np.unravel_index(q, shape)
             g = oc // og
-            vals[q] = _exact_fallback(xp, wmat, b, spec, n0 + nn, oi, oj, slice(g * cg, (g + 1) * cg), oc)
+            vals[q] = _exact_fallback(xp, wmat, b, spec, slice(g * cg, (g + 1) * cg), n0 + nn, oi, oj, oc)
             stats.fallbacks += 1
         y[n0:n1] = vals.reshape(shape)
 
 
-def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats) -> None:
-    """Ozaki splitting onto BLAS, certified per element (see the module docstring for the levels)."""
+def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
+    """Ozaki splitting onto BLAS, certified per element (see the module docstring for the levels).
+
+    With ``bound`` (an output-shaped array) this is the GEMM path of the "kahan"
+    method: the same levels, but what the per-element Dot2 cannot decide keeps the
+    Dot2 value instead of going to the exact integer dot product, and ``bound``
+    receives the rigorous per-element error bound (the BLAS results enter only
+    through certified roundings, so the output does not depend on BLAS's order).
+    """
     from ._kernels import kernels
 
     kern = kernels()
+    kahan = bound is not None
     oh, ow = spec.out_hw
     k = spec.n_terms
     beta = digit_bits(k)
-    kb = k if k <= 2 * _CHUNK else _CHUNK
-    tgamma1 = tail_gamma(k, kb, 2)
-    tgamma2 = tail_gamma(k, k, 3)
+    kc = k if k <= 2 * _CHUNK else _CHUNK
+    tgamma1 = tail_gamma(k, kc, 2)
+    tgamma2 = tail_gamma(k, kc, 3)
     og, cg = spec.O // spec.groups, spec.C // spec.groups
     wmat = w.reshape(k, spec.O)
     has_bias = b is not None
-    # Workspace: half for the split weights (up to 5 arrays of K x nb), half for the input tile (5 arrays of
-    # rows x K) and the (rows x nb) products; a tile always holds at least one output row and one channel.
-    nb = int(max(1, min(og, (workspace_bytes // 2) // (5 * 8 * k))))
+    chunks = [(c, min(k, c + kc)) for c in range(0, k, kc)]
+    # Workspace: K-chunk buffers (5 of rows x kc for the input tile, 4 of kc x nb for the weights) and 12
+    # (rows x nb) arrays of products and results; a tile always holds at least one row and one channel.
+    nb = int(max(1, min(og, workspace_bytes // (64 * kc))))
+    rows_max = int(max(1, (workspace_bytes - 32 * kc * nb) // (8 * (5 * kc + 12 * nb))))
+    total = spec.N * oh * ow
+    bufs_a = [np.empty(min(rows_max, total) * kc) for _ in range(5)]
+    bufs_b = [np.empty(kc * nb) for _ in range(4)]
+    y2 = y.reshape(total, spec.O)
+    bound2 = None if bound is None else bound.reshape(total, spec.O)
+
     for _, cs, os_ in group_slices(spec):
+        geo = (oh, ow, spec.KH, spec.KW, cs.start, cg, *spec.stride, *spec.dilation)
         for c0 in range(0, og, nb):
             c1 = min(og, c0 + nb)
             cols = slice(os_.start + c0, os_.start + c1)
-            bmat = wmat[:, cols]  # (K, nb) view
-            xs_b, a1_b, r1_b, s_b = *(np.empty((k, c1 - c0)) for _ in range(3)), np.empty((c1 - c0, 5))
-            kern.split_cols(bmat, beta, xs_b, a1_b, r1_b, s_b)
-            del xs_b
-            level2_b = None
+            bmat = wmat[:, cols]
+            ncol = c1 - c0
             bias = np.zeros(1) if b is None else np.ascontiguousarray(b[cols])
-            for n, r0, r1 in row_tiles(spec, 8 * (5 * k + 8 * (c1 - c0)), workspace_bytes // 2):
-                rows = (r1 - r0) * ow
-                xs_a, a1_a, r1_a, s_a = *(np.empty((rows, k)) for _ in range(3)), np.empty((rows, 5))
-                kern.split_im2col(xp, n, r0, ow, spec.KH, spec.KW, cs.start, cg, *spec.stride, *spec.dilation,
-                                  beta, xs_a, a1_a, r1_a, s_a)
-                p1 = a1_a @ a1_b  # exact: K products of β-bit digits stay below 2^53
-                vals = np.empty_like(p1)
-                decided = np.zeros(p1.shape, dtype=bool)
-                limit = _REFINE_FRACTION * p1.size
-                if kern.predict_undecided(p1, s_a, s_b, bias, has_bias, k, tgamma1) <= limit:
-                    t = np.zeros_like(p1)
-                    tmp = np.empty_like(p1)
-                    for c in range(0, k, kb):
-                        np.matmul(xs_a[:, c : c + kb], r1_b[c : c + kb], out=tmp)
-                        t += tmp
-                        np.matmul(r1_a[:, c : c + kb], a1_b[c : c + kb], out=tmp)
-                        t += tmp
-                    kern.combine_level1(p1, t, s_a, s_b, bias, has_bias, k, tgamma1, vals, decided)
-                    del t, tmp
-                if np.count_nonzero(~decided) > limit:
+            level_pass = functools.partial(_level_pass, kern, xp, geo, bmat, beta, k, chunks, bufs_a, bufs_b)
+            for m0 in range(0, total, rows_max):
+                rows = min(total, m0 + rows_max) - m0
+
+                # Predict from a small sample (p1 of a block of rows x columns) whether level 1 would leave
+                # more than _REFINE_FRACTION undecided; if so, go straight to level 2.
+                nr, nj = min(rows, _SAMPLE_ROWS), min(ncol, _SAMPLE_COLS)
+                r0 = (rows - nr) // 2
+                (p1s, _), s_a, s_b, _, _ = level_pass(m0 + r0, nr, 0, nj, False)
+                frac = kern.predict_undecided(p1s, s_a, s_b, bias[:nj] if has_bias else bias, has_bias, k,
+                                              tgamma1) / p1s.size
+                vals = np.empty((rows, ncol))
+                errb = np.full(vals.shape, np.inf)
+                decided = np.zeros(vals.shape, dtype=bool)
+                limit = _REFINE_FRACTION * vals.size
+                if frac <= _REFINE_FRACTION:  # level 1: p1 + a float tail of relative size 2^-β
+                    (p1, t), s_a, s_b, _, _ = level_pass(m0, rows, 0, ncol, False)
+                    kern.combine_level1(p1, t, s_a, s_b, bias, has_bias, k, tgamma1, vals, decided, errb)
+                    del p1, t
+                if np.count_nonzero(~decided) > limit:  # level 2: two more exact GEMMs, a tail of size 2^-2β
                     stats.refined_tiles += 1
-                    if level2_b is None:
-                        level2_b = (np.empty_like(r1_b), np.empty_like(r1_b), np.empty((c1 - c0, 2)))
-                        kern.split2_cols(r1_b, beta, *level2_b)
-                    a2_b, r2_b, s2_b = level2_b
-                    a2_a, r2_a, s2_a = np.empty_like(r1_a), np.empty_like(r1_a), np.empty((rows, 2))
-                    kern.split2_rows(r1_a, beta, a2_a, r2_a, s2_a)
-                    x12 = a1_a @ a2_b  # exact, like p1
-                    x21 = a2_a @ a1_b  # exact
-                    t2 = a1_a @ r2_b
-                    t2 += r1_a @ r1_b
-                    t2 += r2_a @ a1_b
-                    del a2_a
-                    vals2, dec2 = np.empty_like(p1), np.empty(p1.shape, dtype=bool)
+                    (p1, x12, x21, t2), s_a, s_b, s2_a, s2_b = level_pass(m0, rows, 0, ncol, True)
+                    vals2, dec2, errb2 = np.empty_like(vals), np.empty(vals.shape, dtype=bool), np.empty_like(vals)
                     kern.combine_level2(p1, x12, x21, t2, s_a, s_b, s2_a, s2_b, bias, has_bias, k, tgamma2,
-                                        vals2, dec2)
-                    del x12, x21, t2, r2_a
+                                        vals2, dec2, errb2)
+                    del p1, x12, x21, t2
                     take = ~decided
-                    vals[take] = vals2[take]
+                    vals[take], errb[take] = vals2[take], errb2[take]
                     decided |= dec2
-                ii, jj = np.nonzero(~decided)
-                if len(ii):
-                    stats.pair_checks += len(ii)
-                    pv, pd = np.empty(len(ii)), np.empty(len(ii), dtype=bool)
-                    kern.dot2_pairs(xs_a, a1_b, r1_b, s_a, s_b, bias, has_bias, ii, jj, pv, pd)
-                    vals[ii, jj] = pv
-                    for i, j in zip(ii[~pd].tolist(), jj[~pd].tolist()):
-                        vals[i, j] = _exact_fallback(xp, wmat, b, spec, n, r0 + i // ow, i % ow, cs, cols.start + j)
-                        stats.fallbacks += 1
-                y[n, r0:r1, :, cols] = vals.reshape(r1 - r0, ow, -1)
+                if kahan:  # correctly rounded: half an ulp (a bound that does not depend on BLAS's order)
+                    errb[decided] = np.spacing(np.abs(vals[decided])) / 2
+                _finish_pairs(kern, xp, m0, geo, bmat, s_a, s_b, bias, has_bias, decided, vals, errb, kahan,
+                              workspace_bytes, stats, functools.partial(_exact_fallback, xp, wmat, b, spec, cs),
+                              cols.start)
+                y2[m0 : m0 + rows, cols] = vals
+                if bound2 is not None:
+                    bound2[m0 : m0 + rows, cols] = errb
+
+
+def _level_pass(kern, xp, geo, bmat, beta, k, chunks, bufs_a, bufs_b, m0, nr, j0, nj, two):
+    """Digits of im2col rows m0 .. m0 + nr and weight columns j0 .. j0 + nj over all K-chunks, with one level's GEMMs.
+
+    Returns ([p1, tail] or [p1, x12, x21, tail2], row stats, column stats, and the
+    second-digit stats for ``two``): the exact digit products are accumulated exactly
+    (digit products and their running sums stay below 2^53), the float tail per chunk.
+    """
+    none2 = np.empty((1, 1))
+    s_a = np.zeros((nr, _NSTATS))
+    kern.row_exponents(xp, m0, *geo, s_a)
+    s_c = np.zeros((_NSTATS, nj))
+    sub = bmat[:, j0 : j0 + nj]
+    kern.col_exponents(sub, s_c)
+    s2_a, s2_c = (np.zeros((nr, 1)), np.zeros((1, nj))) if two else (none2, none2)
+    out = [np.zeros((nr, nj)) for _ in range(4 if two else 2)]
+    tmp = np.empty((nr, nj))
+    for c, c_end in chunks:
+        width = c_end - c
+        va = [buf[: nr * width].reshape(nr, width) for buf in bufs_a[: 5 if two else 3]]
+        vb = [buf[: width * nj].reshape(width, nj) for buf in bufs_b[: 4 if two else 2]]
+        xs_a, a1_a, r1_a, a2_a, r2_a = va + [none2] * (5 - len(va))
+        a1_b, r1_b, a2_b, r2_b = vb + [none2] * (4 - len(vb))
+        kern.split_rows(xp, m0, *geo, beta, c, two, xs_a, a1_a, r1_a, a2_a, r2_a, s_a, s2_a)
+        kern.split_cols(sub, beta, c, two, a1_b, r1_b, a2_b, r2_b, s_c, s2_c)
+        exact_prods = [(a1_a, a1_b)] + ([(a1_a, a2_b), (a2_a, a1_b)] if two else [])
+        tails = [(a1_a, r2_b), (r1_a, r1_b), (r2_a, a1_b)] if two else [(xs_a, r1_b), (r1_a, a1_b)]
+        for acc, (fa, fb) in zip(out, exact_prods):
+            np.matmul(fa, fb, out=tmp)
+            acc += tmp
+        for fa, fb in tails:
+            np.matmul(fa, fb, out=tmp)
+            out[-1] += tmp
+    kern.finish_stats(s_a, k)
+    s_b = np.ascontiguousarray(s_c.T)
+    kern.finish_stats(s_b, k)
+    s2_b = np.ascontiguousarray(s2_c.T) if two else none2
+    return out, s_a, s_b, s2_a, s2_b
+
+
+def _finish_pairs(kern, xp, m0, geo, bmat, s_a, s_b, bias, has_bias, decided, vals, errb, kahan, workspace_bytes,
+                  stats, fallback, col0) -> None:
+    """Per-element Dot2 for what the GEMM levels left open, then the exact integer dot product."""
+    jj, ii = np.nonzero(~decided.T)  # sorted by column: dot2_pairs gathers each column once
+    if not len(ii):
+        return
+    stats.pair_checks += len(ii)
+    starts = np.flatnonzero(np.r_[True, jj[1:] != jj[:-1], True])
+    per_batch = max(1, (workspace_bytes // 4) // (8 * bmat.shape[0]))  # gathered columns held at once
+    pv, pb, pd = np.empty(len(ii)), np.empty(len(ii)), np.empty(len(ii), dtype=bool)
+    for g0 in range(0, len(starts) - 1, per_batch):
+        sl = starts[g0 : g0 + per_batch + 1]
+        q0, q1 = sl[0], sl[-1]
+        kern.dot2_pairs(xp, m0, *geo, bmat, s_a, s_b, bias, has_bias, ii[q0:q1], jj[q0:q1], sl - q0,
+                        pv[q0:q1], pb[q0:q1], pd[q0:q1])
+    vals[ii, jj], errb[ii, jj] = pv, pb
+    if kahan:
+        pd |= np.isfinite(pb)
+    for i, j in zip(ii[~pd].tolist(), jj[~pd].tolist()):
+        oh, ow = geo[0], geo[1]
+        v = fallback(*np.unravel_index(m0 + i, (xp.shape[0], oh, ow)), col0 + j)
+        vals[i, j], errb[i, j] = v, (np.spacing(abs(v)) / 2 if np.isfinite(v) else np.inf)
+        stats.fallbacks += 1
 
 
 def _apply_nonfinite(

@@ -1,4 +1,18 @@
-"""Numba compensated conv: Dot2 (TwoProduct via FMA + Neumaier/TwoSum), float64.
+"""Compensated conv, as accurate as Dot2 (twice the working precision), with a rigorous per-element bound.
+
+Two paths, chosen from the shape like the exact method's (:func:`refconv.oracle.exact.choose_path`):
+
+* **direct** (depthwise, few output channels per group, short sums, and any input with
+  NaN or ±inf): Numba Dot2, described below.
+* **gemm** (ordinary convs): the exact method's error-free splitting onto BLAS
+  (:mod:`refconv.oracle.exact`): elements its certified levels decide are correctly
+  rounded (bound: the level's rigorous error bound, below half an ulp); the others
+  get the per-element Dot2 value and bound, where the exact method would go on to
+  exact integer arithmetic. Every element is therefore at least as accurate as
+  Dot2's result, and the output is bitwise reproducible (BLAS results enter only
+  through certified roundings, whatever BLAS's summation order).
+
+**Dot2**:
 
 Ogita, Rump & Oishi, SIAM J. Sci. Comput. 26(6), 2005, Alg. 5.3 ("Dot2"): the
 products are split error-free by TwoProduct (``e = fma(x, w, -x*w)``), the
@@ -31,11 +45,13 @@ def conv2d_kahan_nhwc(
     b: np.ndarray | None,
     spec: ConvSpec,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    path: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Compensated conv of canonical NHWC x, HWIO w; returns (y, rigorous per-element bound on |y - exact|).
 
-    Non-finite results get an infinite bound. Work buffers: one output-sized
-    array for the low parts, computed a batch of images at a time.
+    Non-finite results get an infinite bound. ``path`` forces "gemm" or "direct"
+    (default: chosen from the shape). Work buffers: the exact method's tiles (gemm),
+    or one output-sized array for the low parts, a batch of images at a time (direct).
 
     >>> from refconv.spec import ConvSpec
     >>> x = np.array([1e16, 1.0, -1e16]).reshape(1, 1, 3, 1)
@@ -45,6 +61,7 @@ def conv2d_kahan_nhwc(
     (1.0, True)
     """
     from ._kernels import kernels
+    from .exact import ExactStats, choose_path, gemm_conv
 
     kern = kernels()
     oh, ow = spec.out_hw
@@ -52,6 +69,10 @@ def conv2d_kahan_nhwc(
     bound = np.empty_like(y)
     xp = np.ascontiguousarray(pad_nhwc(x, spec))
     wc = np.ascontiguousarray(w)
+    finite = all(a is None or bool(np.isfinite(a).all()) for a in (x, w, b))
+    if (path or choose_path(spec)) == "gemm" and finite:
+        gemm_conv(xp, wc, b, spec, workspace_bytes, y, ExactStats(), bound)
+        return y, bound
     bias = np.zeros(spec.O) if b is None else np.ascontiguousarray(b, dtype=np.float64)
     step = max(1, workspace_bytes // max(1, 8 * oh * ow * spec.O))
     for n0 in range(0, spec.N, step):

@@ -58,12 +58,49 @@ def dot2_step(p, s, m, x, w):
 
 
 @jit
-def half_gap(hi):
-    """Half the distance from a normal, finite hi to its nearer float64 neighbour."""
-    m, e = math.frexp(hi)
-    if abs(m) == 0.5:
-        return math.ldexp(1.0, e - 55)
-    return math.ldexp(1.0, e - 54)
+def rounds_to(hi, err):
+    """Whether every real x with |x - hi| ≤ err rounds to hi (to nearest, ties to even); hi normal and finite.
+
+    hi ± err round to hi exactly when err is below the half gap to the neighbour on
+    that side, or equal to it with hi even; a real x no farther than err rounds to hi
+    then too. Two adds, no frexp/ldexp in the hot loops.
+    """
+    return hi + err == hi and hi - err == hi
+
+
+@jit
+def pow2_or_zero(e):
+    """2^e when |e| ≤ 500 (products of two such factors are then exact and normal), else 0: use ldexp."""
+    return math.ldexp(1.0, e) if -500 <= e <= 500 else 0.0
+
+
+@jit
+def column_powers(sb):
+    """pow2_or_zero(e) and pow2_or_zero(-e) for the exponents e = sb[:, 0] of the columns."""
+    n = sb.shape[0]
+    pb = np.empty(n)
+    pbi = np.empty(n)
+    for j in range(n):
+        e = int(sb[j, 0])
+        pb[j] = pow2_or_zero(e)
+        pbi[j] = pow2_or_zero(-e)
+    return pb, pbi
+
+
+@jit
+def scaled_bias(bj, ex, pab, pabi):
+    """(bj·2^-ex, whether that is exact); by multiplication with pabi = 2^-ex when pab = 2^ex != 0."""
+    if pab != 0.0:
+        bs = bj * pabi
+        return bs, math.isfinite(bs) and bs * pab == bj
+    bs = math.ldexp(bj, -ex)
+    return bs, math.isfinite(bs) and math.ldexp(bs, ex) == bj
+
+
+@jit
+def unscaled(v, ex, pab):
+    """v·2^ex (exact when the result is normal); by multiplication when pab = 2^ex != 0."""
+    return v * pab if pab != 0.0 else math.ldexp(v, ex)
 
 
 @pjit
@@ -429,21 +466,34 @@ def any_nonzero_term(xp, w, sh, sw, dh, dw, groups, oh, ow, idx, out):
 
 
 @jit
-def tail_mag1(sa, sb, i, j):
-    """Upper bound of Σ|xs_A||r1_B| + Σ|r1_A||a1_B| for row i, column j, from the statistics.
-
-    Each sum is bounded two ways (|xs|, |a1| ≤ 1; Cauchy–Schwarz on the sums of
-    squares) and the smaller bound is taken.
-    """
-    cs1 = math.sqrt(sa[i, 3]) * math.sqrt(sb[j, 4]) * (1.0 + 2.0**-50)
-    cs2 = math.sqrt(sa[i, 4]) * math.sqrt(sb[j, 5]) * (1.0 + 2.0**-50)
-    return min(sb[j, 1], cs1) + min(sa[i, 1], cs2)
+def root_stats(st):
+    """Per row of st: Σ|r1|, √Σxs², √Σr1², √Σa1² (for :func:`tail_mag1`; each square root once, not per element)."""
+    out = np.empty((st.shape[0], 4))
+    for r in range(st.shape[0]):
+        out[r, 0] = st[r, 1]
+        out[r, 1] = math.sqrt(st[r, 3])
+        out[r, 2] = math.sqrt(st[r, 4])
+        out[r, 3] = math.sqrt(st[r, 5])
+    return out
 
 
 @jit
-def unscaled_bound(err, ex):
-    """err·2^ex rounded up (ldexp may round a subnormal result down)."""
-    return math.ldexp(err, ex) * (1.0 + 2.0**-52) + 2.0**-1074
+def tail_mag1(ra, rb, i, j):
+    """Upper bound of Σ|xs_A||r1_B| + Σ|r1_A||a1_B| for row i, column j, from :func:`root_stats` of both sides.
+
+    Each sum is bounded two ways (|xs|, |a1| ≤ 1; Cauchy–Schwarz on the sums of
+    squares; (1 + 2^-50) covers the roundings of the roots and the product) and the
+    smaller bound is taken.
+    """
+    cs1 = ra[i, 1] * rb[j, 2] * (1.0 + 2.0**-50)
+    cs2 = ra[i, 2] * rb[j, 3] * (1.0 + 2.0**-50)
+    return min(rb[j, 0], cs1) + min(ra[i, 0], cs2)
+
+
+@jit
+def unscaled_bound(err, ex, pab):
+    """err·2^ex rounded up (the scaling may round a subnormal result down)."""
+    return unscaled(err, ex, pab) * (1.0 + 2.0**-52) + 2.0**-1074
 
 
 @pjit
@@ -460,16 +510,19 @@ def combine_level1(p1, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, bound)
     mrows, ncols = p1.shape
     infl = 1.0 + 8.0 * k * 2.0**-53
     slack = 16.0 * k * 2.0**-1022
+    pb, pbi = column_powers(sb)
+    ra, rb = root_stats(sa), root_stats(sb)
     for i in prange(mrows):
         ea = int(sa[i, 0])
+        pa, pai = pow2_or_zero(ea), pow2_or_zero(-ea)
         for j in range(ncols):
             ex = ea + int(sb[j, 0])
-            mag = tail_mag1(sa, sb, i, j)
+            pab, pabi = pa * pb[j], pai * pbi[j]
+            mag = tail_mag1(ra, rb, i, j)
             bs = 0.0
             ok = True
             if has_bias:
-                bs = math.ldexp(bias[j], -ex)
-                ok = math.isfinite(bs) and math.ldexp(bs, ex) == bias[j]
+                bs, ok = scaled_bias(bias[j], ex, pab, pabi)
             pv = p1[i, j]
             tv = t[i, j]
             s1 = pv + tv
@@ -492,13 +545,13 @@ def combine_level1(p1, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, bound)
             bound[i, j] = math.inf
             if not ok or not math.isfinite(hi) or abs(hi) < 2.0**-1022:
                 continue
-            yv = math.ldexp(hi, ex)
+            yv = unscaled(hi, ex, pab)
             if not math.isfinite(yv) or abs(yv) < 2.0**-1022:
                 continue
             err = (abs(lo) + t_gamma * mag * infl + slack + 2.0**-53 * (abs(e1) + abs(e2))) * (1.0 + 2.0**-50)
             y[i, j] = yv
-            bound[i, j] = unscaled_bound(err, ex)
-            decided[i, j] = err < half_gap(hi)
+            bound[i, j] = unscaled_bound(err, ex, pab)
+            decided[i, j] = rounds_to(hi, err)
 
 
 @pjit
@@ -506,18 +559,21 @@ def predict_undecided(p1, sa, sb, bias, has_bias, k, t_gamma):
     """Expected number of elements level 1 leaves undecided: Σ min(1, tail bound / half gap of p1 + bias)."""
     mrows, ncols = p1.shape
     tot = np.zeros(mrows)
+    _, pbi = column_powers(sb)
+    ra, rb = root_stats(sa), root_stats(sb)
     for i in prange(mrows):
         ea = int(sa[i, 0])
+        pai = pow2_or_zero(-ea)
         acc = 0.0
         for j in range(ncols):
-            mag = tail_mag1(sa, sb, i, j)
+            mag = tail_mag1(ra, rb, i, j)
             v = p1[i, j]
-            if has_bias:
-                v += math.ldexp(bias[j], -(ea + int(sb[j, 0])))
+            if has_bias:  # a prediction only: extreme exponents (factor 0) just drop the bias
+                v += bias[j] * pai * pbi[j]
             if v == 0.0 or not math.isfinite(v):
                 acc += 1.0 if mag > 0.0 else 0.0
                 continue
-            acc += min(1.0, t_gamma * mag / half_gap(v))
+            acc += min(1.0, t_gamma * mag / (abs(v) * 2.0**-54))  # ≈ the half gap at v (a prediction)
         tot[i] = acc
     return tot.sum()
 
@@ -535,17 +591,20 @@ def combine_level2(p1, x12, x21, t2, sa, sb, s2a, s2b, bias, has_bias, k, t_gamm
     infl = 1.0 + 8.0 * k * 2.0**-53
     slack = 24.0 * k * 2.0**-1022
     g4 = 4.0 * 2.0**-53 / (1.0 - 4.0 * 2.0**-53)
+    pb, pbi = column_powers(sb)
+    ra, rb = root_stats(sa), root_stats(sb)
     for i in prange(mrows):
         ea = int(sa[i, 0])
+        pa, pai = pow2_or_zero(ea), pow2_or_zero(-ea)
         for j in range(ncols):
             ex = ea + int(sb[j, 0])
-            rr = math.sqrt(sa[i, 4]) * math.sqrt(sb[j, 4]) * (1.0 + 2.0**-50)  # Cauchy–Schwarz
+            pab, pabi = pa * pb[j], pai * pbi[j]
+            rr = ra[i, 2] * rb[j, 2] * (1.0 + 2.0**-50)  # Cauchy–Schwarz
             mag = s2b[j, 0] + rr + s2a[i, 0]
             bs = 0.0
             ok = True
             if has_bias:
-                bs = math.ldexp(bias[j], -ex)
-                ok = math.isfinite(bs) and math.ldexp(bs, ex) == bias[j]
+                bs, ok = scaled_bias(bias[j], ex, pab, pabi)
             acc = p1[i, j]
             corr = 0.0
             esum = 0.0
@@ -564,13 +623,13 @@ def combine_level2(p1, x12, x21, t2, sa, sb, s2a, s2b, bias, has_bias, k, t_gamm
             bound[i, j] = math.inf
             if not ok or not math.isfinite(hi) or abs(hi) < 2.0**-1022:
                 continue
-            yv = math.ldexp(hi, ex)
+            yv = unscaled(hi, ex, pab)
             if not math.isfinite(yv) or abs(yv) < 2.0**-1022:
                 continue
             err = (abs(lo) + t_gamma * mag * infl + slack + g4 * esum) * (1.0 + 2.0**-50)
             y[i, j] = yv
-            bound[i, j] = unscaled_bound(err, ex)
-            decided[i, j] = err < half_gap(hi)
+            bound[i, j] = unscaled_bound(err, ex, pab)
+            decided[i, j] = rounds_to(hi, err)
 
 
 @pjit
@@ -617,6 +676,7 @@ def dot2_pairs(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, mat, sa, sb, bias
             i = ii[q]
             ea = int(sa[i, 0])
             ex = ea + int(sb[j, 0])
+            pab, pabi = pow2_or_zero(ea) * pow2_or_zero(int(sb[j, 0])), pow2_or_zero(-ea) * pow2_or_zero(-int(sb[j, 0]))
             decided[q] = False
             out[q] = 0.0
             bound[q] = math.inf
@@ -634,8 +694,8 @@ def dot2_pairs(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, mat, sa, sb, bias
                         kk += 1
             p = 0.0
             if has_bias:
-                p = math.ldexp(bias[j], -ex)
-                if not (math.isfinite(p) and math.ldexp(p, ex) == bias[j]):
+                p, ok = scaled_bias(bias[j], ex, pab, pabi)
+                if not ok:
                     continue
             s = 0.0
             mag = abs(p)
@@ -646,13 +706,13 @@ def dot2_pairs(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, mat, sa, sb, bias
             lo = (p - (hi - z)) + (s - z)
             if not math.isfinite(hi) or abs(hi) < 2.0**-1022:
                 continue
-            yv = math.ldexp(hi, ex)
+            yv = unscaled(hi, ex, pab)
             if not math.isfinite(yv) or abs(yv) < 2.0**-1022:
                 continue
             err = (abs(lo) + g2 * mag + slack) * (1.0 + 2.0**-50)
             out[q] = yv
-            bound[q] = unscaled_bound(err, ex)
-            decided[q] = err < half_gap(hi)
+            bound[q] = unscaled_bound(err, ex, pab)
+            decided[q] = rounds_to(hi, err)
 
 
 @pjit
@@ -664,12 +724,12 @@ def certify_direct(hi, lo, bound, y, decided):
         y[q] = h
         if not math.isfinite(h) or abs(h) < 2.0**-1022:
             continue
-        if (abs(lo[q]) + bound[q]) * (1.0 + 2.0**-50) < half_gap(h):
+        if rounds_to(h, (abs(lo[q]) + bound[q]) * (1.0 + 2.0**-50)):
             decided[q] = True
 
 
 _NAMESPACE = SimpleNamespace(
-    fma=fma, half_gap=half_gap, dot2_conv=dot2_any, dot2_general=dot2_conv, dot2_depthwise=dot2_depthwise,
+    fma=fma, rounds_to=rounds_to, dot2_conv=dot2_any, dot2_general=dot2_conv, dot2_depthwise=dot2_depthwise,
     row_exponents=row_exponents, col_exponents=col_exponents, split_rows=split_rows, split_cols=split_cols,
     finish_stats=finish_stats, combine_level1=combine_level1,
     any_nonzero_term=any_nonzero_term, predict_undecided=predict_undecided, combine_level2=combine_level2,

@@ -136,6 +136,7 @@ def tail_gamma(k: int, kb: int, gemms: int = 2) -> float:
 
 _NSTATS = 6  # statistics per split row/column (see refconv.oracle._kernels.split_rows)
 _CHUNK = 512  # K-chunk of the level-1 tail GEMMs: bound γ_(512+2K/512); few BLAS calls (each syncs threads)
+_TILE_BYTES = 32 * 2**20  # per-tile buffers of the GEMM path, within the workspace
 _SAMPLE_ROWS, _SAMPLE_COLS = 32, 64  # the block whose p1 predicts the level of a tile
 _REFINE_FRACTION = 0.05  # above this (predicted or actual) undecided share a tile uses the two-digit level
 
@@ -237,7 +238,8 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
     # Workspace: K-chunk buffers (5 of rows x kc for the input tile, 4 of kc x nb for the weights) and 12
     # (rows x nb) arrays of products and results; a tile always holds at least one row and one channel.
     nb = int(max(1, min(og, workspace_bytes // (64 * kc))))
-    rows_max = int(max(1, (workspace_bytes - 32 * kc * nb) // (8 * (5 * kc + 12 * nb))))
+    tile_bytes = min(workspace_bytes - 32 * kc * nb, _TILE_BYTES)  # small tiles stay in cache, buffers are reused
+    rows_max = int(max(1, tile_bytes // (8 * (5 * kc + 12 * nb))))
     total = spec.N * oh * ow
     bufs_a = [np.empty(min(rows_max, total) * kc) for _ in range(5)]
     bufs_b = [np.empty(kc * nb) for _ in range(4)]

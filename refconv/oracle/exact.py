@@ -48,7 +48,7 @@ import numpy as np
 
 from ..spec import ConvSpec
 from ._exactsum import exact_dot
-from ._im2col import DEFAULT_WORKSPACE_BYTES, float_conv_nhwc, group_slices, pad_nhwc, window_view
+from ._im2col import DEFAULT_WORKSPACE_BYTES, all_finite, float_conv_nhwc, group_slices, pad_nhwc, window_view
 
 
 def digit_bits(k: int) -> int:
@@ -94,7 +94,7 @@ def conv2d_exact_nhwc(
     >>> float(y[0, 0, 0, 0]), stats.elements
     (1.5, 1)
     """
-    finite = [a is None or bool(np.isfinite(a).all()) for a in (x, w, b)]
+    finite = [all_finite(a) for a in (x, w, b)]
     xf, wf, bf = (a if ok or a is None else np.where(np.isfinite(a), a, 0.0) for a, ok in zip((x, w, b), finite))
     y, stats = _finite_exact(xf, wf, bf, spec, workspace_bytes, path or choose_path(spec))
     if not all(finite):
@@ -137,7 +137,7 @@ def tail_gamma(k: int, kb: int, gemms: int = 2) -> float:
 _NSTATS = 6  # statistics per split row/column (see refconv.oracle._kernels.split_rows)
 _CHUNK = 512  # K-chunk of the level-1 tail GEMMs: bound γ_(512+2K/512); few BLAS calls (each syncs threads)
 _TILE_BYTES = 32 * 2**20  # per-tile buffers of the GEMM path, within the workspace
-_SAMPLE_ROWS, _SAMPLE_COLS = 32, 64  # the block whose p1 predicts the level of a tile
+_SAMPLE_ROWS, _SAMPLE_COLS, _SAMPLE_CHUNK = 32, 64, 4096  # the block whose p1 predicts a tile's level
 _REFINE_FRACTION = 0.05  # above this (predicted or actual) undecided share a tile uses the two-digit level
 
 
@@ -241,8 +241,11 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
     tile_bytes = min(workspace_bytes - 32 * kc * nb, _TILE_BYTES)  # small tiles stay in cache, buffers are reused
     rows_max = int(max(1, tile_bytes // (8 * (5 * kc + 12 * nb))))
     total = spec.N * oh * ow
-    bufs_a = [np.empty(min(rows_max, total) * kc) for _ in range(5)]
-    bufs_b = [np.empty(kc * nb) for _ in range(4)]
+    bufs = [np.empty(min(rows_max, total) * kc) for _ in range(5)], [np.empty(kc * nb) for _ in range(4)]
+    # The prediction sample: p1 of _SAMPLE_ROWS x _SAMPLE_COLS in K-chunks of up to _SAMPLE_CHUNK (few BLAS calls).
+    sk = min(k, _SAMPLE_CHUNK)
+    sample_chunks = [(c, min(k, c + sk)) for c in range(0, k, sk)]
+    sample_bufs = [np.empty(_SAMPLE_ROWS * sk) for _ in range(3)], [np.empty(sk * _SAMPLE_COLS) for _ in range(2)]
     y2 = y.reshape(total, spec.O)
     bound2 = None if bound is None else bound.reshape(total, spec.O)
 
@@ -254,15 +257,19 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
             bmat = wmat[:, cols]
             ncol = c1 - c0
             bias = np.zeros(1) if b is None else np.ascontiguousarray(b[cols])
-            level_pass = functools.partial(_level_pass, kern, xp, geo, bmat, beta, k, chunks, bufs_a, bufs_b)
+            eb = np.zeros((_NSTATS, ncol))
+            kern.col_exponents(bmat, eb)
+            level_pass = functools.partial(_level_pass, kern, xp, geo, beta, k)
             for m0 in range(0, total, rows_max):
                 rows = min(total, m0 + rows_max) - m0
-
-                # Predict from a small sample (p1 of a block of rows x columns) whether level 1 would leave
-                # more than _REFINE_FRACTION undecided; if so, go straight to level 2.
+                ea = np.zeros((rows, _NSTATS))
+                kern.row_exponents(xp, m0, *geo, ea)
+                # Predict from p1 of a small block of rows x columns whether level 1 would leave more than
+                # _REFINE_FRACTION undecided; if so, go straight to level 2 (this saves level 1's tail GEMMs).
                 nr, nj = min(rows, _SAMPLE_ROWS), min(ncol, _SAMPLE_COLS)
                 r0 = (rows - nr) // 2
-                (p1s, _), s_a, s_b, _, _ = level_pass(m0 + r0, nr, 0, nj, False)
+                (p1s,), s_a, s_b, _, _ = level_pass(bmat[:, :nj], sample_chunks, sample_bufs, m0 + r0,
+                                                    ea[r0 : r0 + nr], eb[:, :nj], 0)
                 frac = kern.predict_undecided(p1s, s_a, s_b, bias[:nj] if has_bias else bias, has_bias, k,
                                               tgamma1) / p1s.size
                 vals = np.empty((rows, ncol))
@@ -270,12 +277,12 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
                 decided = np.zeros(vals.shape, dtype=bool)
                 limit = _REFINE_FRACTION * vals.size
                 if frac <= _REFINE_FRACTION:  # level 1: p1 + a float tail of relative size 2^-β
-                    (p1, t), s_a, s_b, _, _ = level_pass(m0, rows, 0, ncol, False)
+                    (p1, t), s_a, s_b, _, _ = level_pass(bmat, chunks, bufs, m0, ea, eb, 1)
                     kern.combine_level1(p1, t, s_a, s_b, bias, has_bias, k, tgamma1, vals, decided, errb)
                     del p1, t
                 if np.count_nonzero(~decided) > limit:  # level 2: two more exact GEMMs, a tail of size 2^-2β
                     stats.refined_tiles += 1
-                    (p1, x12, x21, t2), s_a, s_b, s2_a, s2_b = level_pass(m0, rows, 0, ncol, True)
+                    (p1, x12, x21, t2), s_a, s_b, s2_a, s2_b = level_pass(bmat, chunks, bufs, m0, ea, eb, 2)
                     vals2, dec2, errb2 = np.empty_like(vals), np.empty(vals.shape, dtype=bool), np.empty_like(vals)
                     kern.combine_level2(p1, x12, x21, t2, s_a, s_b, s2_a, s2_b, bias, has_bias, k, tgamma2,
                                         vals2, dec2, errb2)
@@ -293,32 +300,36 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
                     bound2[m0 : m0 + rows, cols] = errb
 
 
-def _level_pass(kern, xp, geo, bmat, beta, k, chunks, bufs_a, bufs_b, m0, nr, j0, nj, two):
-    """Digits of im2col rows m0 .. m0 + nr and weight columns j0 .. j0 + nj over all K-chunks, with one level's GEMMs.
+def _level_pass(kern, xp, geo, beta, k, bmat, chunks, bufs, m0, ea, eb, level):
+    """Digits of im2col rows m0 .. m0 + len(ea) and of the columns of bmat over all K-chunks, with one level's GEMMs.
 
-    Returns ([p1, tail] or [p1, x12, x21, tail2], row stats, column stats, and the
-    second-digit stats for ``two``): the exact digit products are accumulated exactly
-    (digit products and their running sums stay below 2^53), the float tail per chunk.
+    ``ea`` / ``eb`` hold the row / column exponents and lossy flags (:func:`row_exponents`,
+    :func:`col_exponents`); ``bufs`` = (5 input-tile buffers, 4 weight buffers) of at
+    least a chunk each. Level 0 computes p1 only (the prediction sample), level 1
+    [p1, tail], level 2 [p1, x12, x21, tail2]. The exact digit products are accumulated
+    exactly (digit products and their running sums stay below 2^53), the float tail per
+    chunk. Returns (products, row stats, column stats, second-digit row and column stats).
     """
     none2 = np.empty((1, 1))
-    s_a = np.zeros((nr, _NSTATS))
-    kern.row_exponents(xp, m0, *geo, s_a)
-    s_c = np.zeros((_NSTATS, nj))
-    sub = bmat[:, j0 : j0 + nj]
-    kern.col_exponents(sub, s_c)
+    two = level == 2
+    nr, nj = ea.shape[0], bmat.shape[1]
+    s_a, s_c = ea.copy(), eb.copy()  # exponents and lossy flags; the sums start at zero
     s2_a, s2_c = (np.zeros((nr, 1)), np.zeros((1, nj))) if two else (none2, none2)
-    out = [np.zeros((nr, nj)) for _ in range(4 if two else 2)]
+    out = [np.zeros((nr, nj)) for _ in range((1, 2, 4)[level])]
     tmp = np.empty((nr, nj))
+    bufs_a, bufs_b = bufs
     for c, c_end in chunks:
         width = c_end - c
         va = [buf[: nr * width].reshape(nr, width) for buf in bufs_a[: 5 if two else 3]]
         vb = [buf[: width * nj].reshape(width, nj) for buf in bufs_b[: 4 if two else 2]]
         xs_a, a1_a, r1_a, a2_a, r2_a = va + [none2] * (5 - len(va))
         a1_b, r1_b, a2_b, r2_b = vb + [none2] * (4 - len(vb))
+        src = bmat[c:c_end] if bmat.flags.c_contiguous else np.ascontiguousarray(bmat[c:c_end])  # vectorizes
         kern.split_rows(xp, m0, *geo, beta, c, two, xs_a, a1_a, r1_a, a2_a, r2_a, s_a, s2_a)
-        kern.split_cols(sub, beta, c, two, a1_b, r1_b, a2_b, r2_b, s_c, s2_c)
+        kern.split_cols(src, beta, 0, two, a1_b, r1_b, a2_b, r2_b, s_c, s2_c)
         exact_prods = [(a1_a, a1_b)] + ([(a1_a, a2_b), (a2_a, a1_b)] if two else [])
-        tails = [(a1_a, r2_b), (r1_a, r1_b), (r2_a, a1_b)] if two else [(xs_a, r1_b), (r1_a, a1_b)]
+        tails = [] if level == 0 else (
+            [(a1_a, r2_b), (r1_a, r1_b), (r2_a, a1_b)] if two else [(xs_a, r1_b), (r1_a, a1_b)])
         for acc, (fa, fb) in zip(out, exact_prods):
             np.matmul(fa, fb, out=tmp)
             acc += tmp

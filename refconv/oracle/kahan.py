@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..spec import ConvSpec
-from ._im2col import DEFAULT_WORKSPACE_BYTES, pad_nhwc
+from ._im2col import DEFAULT_WORKSPACE_BYTES, all_finite, pad_nhwc
 
 
 def conv2d_kahan_nhwc(
@@ -69,7 +69,7 @@ def conv2d_kahan_nhwc(
     bound = np.empty_like(y)
     xp = np.ascontiguousarray(pad_nhwc(x, spec))
     wc = np.ascontiguousarray(w)
-    finite = all(a is None or bool(np.isfinite(a).all()) for a in (x, w, b))
+    finite = all(all_finite(a) for a in (x, w, b))
     if (path or choose_path(spec)) == "gemm" and finite:
         gemm_conv(xp, wc, b, spec, workspace_bytes, y, ExactStats(), bound)
         return y, bound

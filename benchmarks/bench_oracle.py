@@ -15,7 +15,8 @@ Ratios are against torch float64 on the same machine in the same run.
 public point API, which uses ``refconv.oracle._fastpoints`` (same exact results,
 numpy TwoProduct + integer sums). "peak MiB" is the tracemalloc peak of one ``method="exact"``
 call (numpy buffers; framework-free), next to inputs + weights + output.
-Missing frameworks are shown as "-".
+Missing frameworks are shown as "-". ``--data normal`` draws standard normal values (sums with
+cancellation, where the exact method needs its two-digit level) instead of uniform [0, 1).
 """
 
 from __future__ import annotations
@@ -128,11 +129,13 @@ def framework_fns(x: np.ndarray, w: np.ndarray, b: np.ndarray, geometry: dict) -
     return fns
 
 
-def bench_shape(name: str, repeat: int, skip: set[str]) -> dict:
+def bench_shape(name: str, repeat: int, skip: set[str], data: str = "uniform") -> dict:
     xs, ws, geometry = SHAPES[name]
     rng = np.random.default_rng(0)
-    x, w, b = rng.random(xs), rng.random(ws), rng.random(ws[-1])
-    row: dict = {"shape": name, "x": xs, "w": ws, "geometry": {k: str(v) for k, v in geometry.items()}}
+    draw = rng.random if data == "uniform" else rng.standard_normal
+    x, w, b = draw(xs), draw(ws), draw(ws[-1])
+    label = name if data == "uniform" else f"{name} ({data})"
+    row: dict = {"shape": label, "x": xs, "w": ws, "geometry": {k: str(v) for k, v in geometry.items()}}
     fns = {fw: fn for fw, fn in framework_fns(x, w, b, geometry).items() if fw not in skip}
     if "torch" in sys.modules:
         import torch
@@ -144,6 +147,8 @@ def bench_shape(name: str, repeat: int, skip: set[str]) -> dict:
     row.update(best_times(fns, repeat, once={"onnx.ref"}))
     info = refconv.conv2d_with_info(x, w, b, **geometry)
     row["fallbacks"] = info.fallbacks
+    row["level2_tiles"] = info.stats.get("refined_tiles", 0)
+    row["pair_checks"] = info.stats.get("pair_checks", 0)
     if "mpmath" not in skip:
         from refconv.oracle import mp
         from refconv.spec import prepare
@@ -170,7 +175,8 @@ def bench_shape(name: str, repeat: int, skip: set[str]) -> dict:
 def fmt_table(rows: list[dict]) -> str:
     cols = ["torch", "tf", "jax", "onnx.ref", "exact", "kahan"]
     head = ("| shape | torch f64 ms | TF f64 | jax f64 | onnx.reference f64 | exact | kahan | mpmath / position "
-            "| conv2d_points / position | exact peak MiB (in+w+out) | exact fallbacks |")
+            "| conv2d_points / position | exact peak MiB (in+w+out) "
+            "| exact: level-2 tiles / Dot2 re-checks / fallbacks |")
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         base = r.get("torch")
@@ -187,7 +193,7 @@ def fmt_table(rows: list[dict]) -> str:
         fp = r.get("fast_per_pos")
         cells.append(f"{fp * 1e3:.2f} ms ({1 / fp:.0f} pos/s)" if fp else "-")
         cells.append(f"{r['peak_mib']:.0f} ({r['io_mib']:.0f})")
-        cells.append(str(r["fallbacks"]))
+        cells.append(f"{r.get('level2_tiles', '-')} / {r.get('pair_checks', '-')} / {r['fallbacks']}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -213,11 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], help="columns to skip: tf jax onnx.ref mpmath")
     ap.add_argument("--json", help="also write the raw rows here")
     ap.add_argument("--threads", help="thread count for every library (set before they load)")
+    ap.add_argument("--data", choices=["uniform", "normal"], default="uniform",
+                    help="input values: uniform [0, 1) (positive sums) or standard normal (cancelling sums)")
     args = ap.parse_args(argv)
     names = ["seed"] if args.quick else (args.shapes or list(SHAPES))
     rows = []
     for name in names:
-        rows.append(bench_shape(name, args.repeat, set(args.skip)))
+        rows.append(bench_shape(name, args.repeat, set(args.skip), args.data))
         print(f"done {name}", flush=True)
     print(f"\nmachine: {machine()}\n")
     print(fmt_table(rows))

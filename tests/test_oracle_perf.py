@@ -61,12 +61,14 @@ def test_gemm_path_reached_every_certification_level():
 
 @pytest.mark.parametrize("weights", ["uniform", "normal"])
 def test_gemm_path_with_chunked_tail_matches_direct_and_mpmath(weights):
-    """K = 720 > 512 exercises the chunked tail GEMM; normal weights (cancellation) the two-digit level."""
+    """K = 1170 > 1024 streams three K-chunks (512, 512, 146); normal weights (cancellation) need the
+    two-digit level, which the p1 sample predicts (so the tile goes straight there)."""
     rng = np.random.default_rng(3)
-    x = rng.random((2, 7, 9, 80))
-    w = rng.random((3, 3, 80, 24)) if weights == "uniform" else rng.standard_normal((3, 3, 80, 24))
+    x = rng.random((2, 7, 9, 130))
+    w = rng.random((3, 3, 130, 24)) if weights == "uniform" else rng.standard_normal((3, 3, 130, 24))
     b = rng.standard_normal(24)
     geometry = dict(stride=(1, 2), padding="SAME")
+    assert 2 * exact_mod._CHUNK < 3 * 3 * 130, "K must span several chunks"
     gemm, st = _run_exact(x, w, b, "gemm", **geometry)
     direct, _ = _run_exact(x, w, b, "direct", **geometry)
     np.testing.assert_array_equal(gemm, direct, err_msg="the two correctly rounded paths disagree")
@@ -74,6 +76,9 @@ def test_gemm_path_with_chunked_tail_matches_direct_and_mpmath(weights):
     np.testing.assert_array_equal(gemm[tuple(pts.positions.T)], pts.values, err_msg="gemm path vs exact mpmath sums")
     if weights == "normal":
         assert st.refined_tiles > 0, f"cancellation should need the two-digit level: {st}"
+    else:
+        assert st.refined_tiles == 0, f"positive sums are decided by level 1: {st}"
+    assert st.pair_checks < 0.05 * gemm.size, f"the levels should decide almost everything: {st}"
 
 
 def test_column_and_row_tiling_give_identical_results():
@@ -114,7 +119,7 @@ def test_kahan_returns_dot2_not_plain_summation():
     from refconv.oracle._kernels import kernels
 
     compiled = {name: k for name, k in vars(kernels()).items() if hasattr(k, "targetoptions")}
-    assert {"dot2_general", "dot2_depthwise", "dot2_pairs"} <= set(compiled)
+    assert {"dot2_general", "dot2_depthwise", "pairs_chunk"} <= set(compiled)
     for name, k in compiled.items():
         assert not k.targetoptions.get("fastmath"), f"{name} compiled with fastmath"
 

@@ -5,8 +5,10 @@ Methods (the registry :data:`METHODS` is the single source of truth):
 * ``"exact"`` (default): every element is the float64 nearest to the exact real
   sum of products plus bias (ties to even); certified BLAS splitting with an
   exact integer fallback (:mod:`refconv.oracle.exact`).
-* ``"kahan"``: Numba Dot2 compensated sum with FMA TwoProduct, parallel over
-  outputs, with a rigorous per-element error bound (:mod:`refconv.oracle.kahan`).
+* ``"kahan"``: compensated, at least as accurate as Dot2 (twice the working
+  precision), with a rigorous per-element error bound: the exact method's BLAS
+  splitting for ordinary convs, Numba Dot2 (FMA TwoProduct) for depthwise and
+  small convs (:mod:`refconv.oracle.kahan`).
 * ``"mpmath"``: exact mpmath products and sums rounded once, at ``dps`` digits or
   to float64; can evaluate selected positions only (:func:`conv2d_points`).
 

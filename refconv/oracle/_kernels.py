@@ -17,7 +17,8 @@ Kernels (all take arrays and ints, return nothing, write into output arrays):
   digit split (Ozaki et al. 2012) into one or two digits, with the row statistics the
   certified bounds need.
 * ``predict_undecided``, ``combine_level1``, ``combine_level2``: certified decisions (exact.py).
-* ``dot2_pairs``: Dot2 with certified decision and error bound for selected (row, column) pairs.
+* ``pairs_start`` / ``pairs_chunk`` / ``pairs_finish``: Dot2 with certified decision and error bound for
+  selected (row, column) pairs, streamed over the same K-chunks as the GEMM levels.
 """
 
 from __future__ import annotations
@@ -632,87 +633,113 @@ def combine_level2(p1, x12, x21, t2, sa, sb, s2a, s2b, bias, has_bias, k, t_gamm
             decided[i, j] = rounds_to(hi, err)
 
 
-@pjit
-def dot2_pairs(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, mat, sa, sb, bias, has_bias, ii, jj, starts,
-               out, bound, decided):
-    """Dot2 of scaled im2col rows m0 + ii and scaled columns mat[:, jj] (+ scaled bias), certified.
+@jit
+def pairs_start(sa, sb, bias, has_bias, ii, jj, state):
+    """Start the per-element Dot2 of pairs (ii, jj): state[q] = (p, s, m, ok) with p = the scaled bias.
 
-    Rows and columns are scaled exactly as :func:`split_rows` / :func:`split_cols` scale
-    them (by 2^-e from sa[:, 0], sb[:, 0]). Pairs are sorted by column; ``starts``
-    delimits each column's run, and the needed columns are first gathered into
-    contiguous rows. Writes, in the caller's units, the correctly rounded value where
-    decided, else the Dot2 value, and a rigorous ``bound`` on its error (inf where the
-    scaled computation cannot be trusted: bias that does not scale exactly, results
-    out of the normal range).
+    ok = 0 where the bias does not scale exactly (such an element goes to the exact fallback).
     """
-    k = kh * kw * cg
+    for q in range(ii.shape[0]):
+        i = ii[q]
+        j = jj[q]
+        ea = int(sa[i, 0])
+        eb = int(sb[j, 0])
+        p = 0.0
+        ok = True
+        if has_bias:
+            p, ok = scaled_bias(bias[j], ea + eb, pow2_or_zero(ea) * pow2_or_zero(eb),
+                                pow2_or_zero(-ea) * pow2_or_zero(-eb))
+        state[q, 0] = p
+        state[q, 1] = 0.0
+        state[q, 2] = abs(p)
+        state[q, 3] = 1.0 if ok else 0.0
+
+
+@jit
+def pairs_chunk(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, src, c, sa, sb, ii, jj, uniq, slot, state):
+    """Continue the Dot2 of the pairs over the terms c .. c + len(src) (one K-chunk, in K order).
+
+    ``src`` holds rows c .. of the weight columns (contiguous); the columns ``uniq``
+    that pairs need are first copied out of it, row by row (pair q uses column
+    ``slot[q]`` of them). Rows and columns are scaled exactly as :func:`split_rows` /
+    :func:`split_cols` scale them, so the Dot2 runs on the same scaled values as the GEMM levels.
+    """
+    kc = src.shape[0]
+    xs = np.empty(kc)
+    cols = np.empty((uniq.shape[0], kc))
+    for t in range(kc):
+        row = src[t]
+        for g in range(uniq.shape[0]):
+            cols[g, t] = row[uniq[g]]
+    for q in range(ii.shape[0]):
+        i = ii[q]
+        j = jj[q]
+        m = m0 + i
+        n = m // (oh * ow)
+        oi = (m // ow) % oh
+        oj = m % ow
+        ea = int(sa[i, 0])
+        eb = int(sb[j, 0])
+        ra = math.ldexp(1.0, -ea) if -1000 <= ea <= 1000 else 0.0
+        rb = math.ldexp(1.0, -eb) if -1000 <= eb <= 1000 else 0.0
+        t = 0
+        kk = c
+        while t < kc:  # the chunk's im2col values of row i, scaled
+            a = kk // (kw * cg)
+            bb = (kk // cg) % kw
+            ci = kk % cg
+            run = min(cg - ci, kc - t)
+            for u in range(run):
+                v = xp[n, oi * sh + a * dh, oj * sw + bb * dw, c0 + ci + u]
+                xs[t + u] = v * ra if ra != 0.0 else math.ldexp(v, -ea)
+            t += run
+            kk += run
+        p = state[q, 0]
+        s = state[q, 1]
+        mag = state[q, 2]
+        col = cols[slot[q]]
+        for t in range(kc):
+            wv = col[t] * rb if rb != 0.0 else math.ldexp(col[t], -eb)
+            p, s, mag = dot2_step(p, s, mag, xs[t], wv)
+        state[q, 0] = p
+        state[q, 1] = s
+        state[q, 2] = mag
+
+
+@jit
+def pairs_finish(sa, sb, k, has_bias, ii, jj, state, out, bound, decided):
+    """Decide the pairs from their Dot2 state: the correctly rounded value where certified, else the Dot2
+    value; ``bound`` is the rigorous Dot2 error bound in the caller's units (inf where the scaled computation
+    cannot be trusted: bias that does not scale exactly, results out of the normal range)."""
     nterms = k + (1 if has_bias else 0)
     nu = (nterms + 1) * 2.0**-53
     gamma = nu / (1.0 - nu)
     g2 = gamma * gamma * (1.0 + 4.0 * nu) / (1.0 - 2.0**-52)
     slack = 16.0 * nterms * 2.0**-1074
-    ng = starts.shape[0] - 1
-    js = np.empty(ng, dtype=np.int64)
-    scale = np.zeros(ng)
-    for g in range(ng):
-        js[g] = jj[starts[g]]
-        e = int(sb[js[g], 0])
-        if -1000 <= e <= 1000:
-            scale[g] = math.ldexp(1.0, -e)
-    cols = np.empty((ng, k))
-    for kk in range(k):  # gather the needed columns along rows of mat
-        for g in range(ng):
-            cols[g, kk] = mat[kk, js[g]] * scale[g]
-    for g in range(ng):
-        e = int(sb[js[g], 0])
-        if not -1000 <= e <= 1000:
-            for kk in range(k):
-                cols[g, kk] = math.ldexp(mat[kk, js[g]], -e)
-    for g in prange(ng):
-        j = js[g]
-        col = cols[g]
-        xs = np.empty(k)
-        for q in range(starts[g], starts[g + 1]):
-            i = ii[q]
-            ea = int(sa[i, 0])
-            ex = ea + int(sb[j, 0])
-            pab, pabi = pow2_or_zero(ea) * pow2_or_zero(int(sb[j, 0])), pow2_or_zero(-ea) * pow2_or_zero(-int(sb[j, 0]))
-            decided[q] = False
-            out[q] = 0.0
-            bound[q] = math.inf
-            m = m0 + i
-            n = m // (oh * ow)
-            oi = (m // ow) % oh
-            oj = m % ow
-            rs = math.ldexp(1.0, -ea) if -1000 <= ea <= 1000 else 0.0
-            kk = 0
-            for a in range(kh):
-                for bb in range(kw):
-                    for ci in range(cg):
-                        v = xp[n, oi * sh + a * dh, oj * sw + bb * dw, c0 + ci]
-                        xs[kk] = v * rs if rs != 0.0 else math.ldexp(v, -ea)
-                        kk += 1
-            p = 0.0
-            if has_bias:
-                p, ok = scaled_bias(bias[j], ex, pab, pabi)
-                if not ok:
-                    continue
-            s = 0.0
-            mag = abs(p)
-            for kk in range(k):
-                p, s, mag = dot2_step(p, s, mag, xs[kk], col[kk])
-            hi = p + s
-            z = hi - p
-            lo = (p - (hi - z)) + (s - z)
-            if not math.isfinite(hi) or abs(hi) < 2.0**-1022:
-                continue
-            yv = unscaled(hi, ex, pab)
-            if not math.isfinite(yv) or abs(yv) < 2.0**-1022:
-                continue
-            err = (abs(lo) + g2 * mag + slack) * (1.0 + 2.0**-50)
-            out[q] = yv
-            bound[q] = unscaled_bound(err, ex, pab)
-            decided[q] = rounds_to(hi, err)
+    for q in range(ii.shape[0]):
+        ea = int(sa[ii[q], 0])
+        eb = int(sb[jj[q], 0])
+        ex = ea + eb
+        pab = pow2_or_zero(ea) * pow2_or_zero(eb)
+        decided[q] = False
+        out[q] = 0.0
+        bound[q] = math.inf
+        if state[q, 3] == 0.0:
+            continue
+        p = state[q, 0]
+        s = state[q, 1]
+        hi = p + s
+        z = hi - p
+        lo = (p - (hi - z)) + (s - z)
+        if not math.isfinite(hi) or abs(hi) < 2.0**-1022:
+            continue
+        yv = unscaled(hi, ex, pab)
+        if not math.isfinite(yv) or abs(yv) < 2.0**-1022:
+            continue
+        err = (abs(lo) + g2 * state[q, 2] + slack) * (1.0 + 2.0**-50)
+        out[q] = yv
+        bound[q] = unscaled_bound(err, ex, pab)
+        decided[q] = rounds_to(hi, err)
 
 
 @pjit
@@ -733,7 +760,7 @@ _NAMESPACE = SimpleNamespace(
     row_exponents=row_exponents, col_exponents=col_exponents, split_rows=split_rows, split_cols=split_cols,
     finish_stats=finish_stats, combine_level1=combine_level1,
     any_nonzero_term=any_nonzero_term, predict_undecided=predict_undecided, combine_level2=combine_level2,
-    dot2_pairs=dot2_pairs, certify_direct=certify_direct,
+    pairs_start=pairs_start, pairs_chunk=pairs_chunk, pairs_finish=pairs_finish, certify_direct=certify_direct,
 )
 
 

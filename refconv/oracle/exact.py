@@ -1,42 +1,46 @@
 """Correctly rounded conv: error-free splitting onto BLAS, certified per element, exact fallback.
 
-**GEMM path** (:func:`choose_path` picks it for ordinary convs). Each im2col
-tile A (rows = output positions, fused im2col in Numba) and each weight column
-block B are scaled per row/column by a power of two (|·| < 1) and split
-(Ozaki, Ogita, Oishi, Rump, Numer. Algorithms 59, 2012):
+**GEMM path** (:func:`choose_path` picks it for ordinary convs). The im2col rows A
+(output positions x K terms, built on the fly by Numba, never stored whole) and the
+weight columns B (K x output channels) are scaled per row / column by a power of
+two (max |·| in [0.5, 1)) and split (Ozaki, Ogita, Oishi, Rump, Numer. Algorithms
+59, 2012) into digits rounded to β fractional bits:
 
-    A·2^-e = a1 + r1,   a1 = trunc(A·2^(β-e))·2^-β,   β = ⌊(53 - ⌈log2 K⌉) / 2⌋
+    A·2^-e = a1 + r1,   a1 = round(A·2^-e, β bits),  |a1| ≤ 1,  |r1| ≤ 2^-β-1,
+    β = ⌊(53 - ⌈log2 K⌉) / 2⌋,
 
-so a1 @ b1 is a sum of K integers below 2^(2β)·2^(-2β) units and float64 GEMM
-computes it *exactly* in any summation order.
+so a1 @ b1 is a sum of K integers of magnitude ≤ 2^(2β) (units 2^-2β) and float64
+GEMM computes it *exactly* in any summation order, also when accumulated over
+K-chunks. Everything streams over K-chunks of 512 (:data:`_CHUNK`): each chunk of
+A and B is split into small buffers that stay in cache and fed to BLAS at once, so
+no K x N copy of the weights is made.
 
-* Level 1 (3 GEMMs): exact p1 = a1 @ b1 plus the float tail
-  T = A_s @ r1_B + r1_A @ b1 (magnitude ≈ 2^-β of the products), computed in
-  K-chunks of 512 so its rigorous bound is γ_(512 + 2K/512)·Σ|·||·|
-  (:func:`tail_gamma`, Higham 2002 eq. 3.5 and §4.2), with Σ|·||·| bounded from
-  row statistics. p1, T and the bias are added by TwoSum; an element is
-  *decided* when its whole uncertainty interval rounds to one float64.
-* Level 2 (6 GEMMs, used when the predicted share (``predict_undecided`` from p1 — before the
-  tail is computed) or the actual level-1 outcome says more than 5% of a
-  tile would stay undecided, e.g. under cancellation): exact a1@b1, a1@b2,
-  a2@b1 (second digits of the remainders) plus a float tail of magnitude
-  ≈ 2^-2β.
-* Undecided elements are re-checked by a certified Numba Dot2 of the scaled
-  row and column, and only what that cannot decide (near a rounding midpoint,
-  extreme cancellation, subnormal or overflowing results, bias that does not
-  scale exactly) goes to the exact integer dot product
-  (:func:`refconv.oracle._exactsum.exact_dot`). Scaling below 2^-1022 may round:
-  such rows are flagged and covered by an absolute slack, and never read as an
-  exact zero.
+* Level 1 (3 GEMMs): the exact p1 = a1 @ b1 plus the float tail
+  T = A_s @ r1_B + r1_A @ a1_B (relative size 2^-β), whose rigorous bound is
+  γ_(512 + 2K/512)·M (:func:`tail_gamma`, Higham 2002 eq. 3.5 and §4.2) with
+  M ≥ Σ|A_s||r1_B| + Σ|r1_A||a1_B| from per-row and per-column sums (Σ|r1|, and
+  Cauchy–Schwarz on Σxs², Σr1², Σa1²). p1, T and the bias are added by TwoSum; an
+  element is *decided* when its whole uncertainty interval rounds to one float64.
+* Level 2 (6 GEMMs): the remainders are split once more (a2 with 2β bits);
+  exact a1@b1, a1@b2, a2@b1 plus a float tail of relative size 2^-2β. A tile goes
+  straight to level 2 when p1 of a 32 x 64 sample predicts that level 1 would leave
+  more than 5 % undecided (cancelling sums: normal data at K ≈ 6400 leaves ≈ 40 %),
+  and after level 1 when it actually did.
+* What the levels leave undecided is re-checked by a certified Numba Dot2 of the
+  scaled row and column, and only what that cannot decide (near a rounding
+  midpoint, extreme cancellation, subnormal or overflowing results, bias that does
+  not scale exactly) goes to the exact integer dot product
+  (:func:`refconv.oracle._exactsum.exact_dot`). Rows or columns whose scaling may
+  round (values 2^1022 below their maximum) are flagged and never read as an exact zero.
 
 **Direct path** (depthwise and other convs with < 16 output channels per group
 or < 16 terms): the vectorized Numba Dot2 kernel of the "kahan" method gives
 (hi, lo, rigorous bound) per element; decided as above, else the exact integer
 dot product. All-zero windows are recognized exactly.
 
-Both paths are correctly rounded (so bitwise reproducible); they differ only in
-speed. Memory: the inputs, weights and output plus ``workspace_bytes`` for the
-tiles (half for split weight columns, half for im2col rows).
+Both paths are correctly rounded (so bitwise reproducible for any thread count);
+they differ only in speed. Memory: the inputs, weights and output plus at most
+``workspace_bytes`` (chunk buffers and tiles of output rows of at most 32 MiB).
 """
 
 from __future__ import annotations
@@ -243,7 +247,7 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
     total = spec.N * oh * ow
     bufs = [np.empty(min(rows_max, total) * kc) for _ in range(5)], [np.empty(kc * nb) for _ in range(4)]
     # The prediction sample: p1 of _SAMPLE_ROWS x _SAMPLE_COLS in K-chunks of up to _SAMPLE_CHUNK (few BLAS calls).
-    sk = min(k, _SAMPLE_CHUNK)
+    sk = int(max(1, min(k, _SAMPLE_CHUNK, workspace_bytes // (8 * 5 * (_SAMPLE_ROWS + _SAMPLE_COLS)))))
     sample_chunks = [(c, min(k, c + sk)) for c in range(0, k, sk)]
     sample_bufs = [np.empty(_SAMPLE_ROWS * sk) for _ in range(3)], [np.empty(sk * _SAMPLE_COLS) for _ in range(2)]
     y2 = y.reshape(total, spec.O)
@@ -292,9 +296,8 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
                     decided |= dec2
                 if kahan:  # correctly rounded: half an ulp (a bound that does not depend on BLAS's order)
                     errb[decided] = np.spacing(np.abs(vals[decided])) / 2
-                _finish_pairs(kern, xp, m0, geo, bmat, s_a, s_b, bias, has_bias, decided, vals, errb, kahan,
-                              workspace_bytes, stats, functools.partial(_exact_fallback, xp, wmat, b, spec, cs),
-                              cols.start)
+                _finish_pairs(kern, xp, m0, geo, bmat, chunks, s_a, s_b, bias, has_bias, decided, vals, errb, kahan,
+                              stats, functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols.start)
                 y2[m0 : m0 + rows, cols] = vals
                 if bound2 is not None:
                     bound2[m0 : m0 + rows, cols] = errb
@@ -343,26 +346,28 @@ def _level_pass(kern, xp, geo, beta, k, bmat, chunks, bufs, m0, ea, eb, level):
     return out, s_a, s_b, s2_a, s2_b
 
 
-def _finish_pairs(kern, xp, m0, geo, bmat, s_a, s_b, bias, has_bias, decided, vals, errb, kahan, workspace_bytes,
-                  stats, fallback, col0) -> None:
-    """Per-element Dot2 for what the GEMM levels left open, then the exact integer dot product."""
-    jj, ii = np.nonzero(~decided.T)  # sorted by column: dot2_pairs gathers each column once
+def _finish_pairs(kern, xp, m0, geo, bmat, chunks, s_a, s_b, bias, has_bias, decided, vals, errb, kahan, stats,
+                  fallback, col0) -> None:
+    """Per-element Dot2 for what the GEMM levels left open (streamed over the K-chunks of the weights, so
+    no column is gathered from the whole matrix), then the exact integer dot product."""
+    ii, jj = np.nonzero(~decided)
     if not len(ii):
         return
     stats.pair_checks += len(ii)
-    starts = np.flatnonzero(np.r_[True, jj[1:] != jj[:-1], True])
-    per_batch = max(1, (workspace_bytes // 4) // (8 * bmat.shape[0]))  # gathered columns held at once
+    k = bmat.shape[0]
+    state = np.empty((len(ii), 4))
+    kern.pairs_start(s_a, s_b, bias, has_bias, ii, jj, state)
+    uniq, slot = np.unique(jj, return_inverse=True)
+    for c, c_end in chunks:
+        src = bmat[c:c_end] if bmat.flags.c_contiguous else np.ascontiguousarray(bmat[c:c_end])
+        kern.pairs_chunk(xp, m0, *geo, src, c, s_a, s_b, ii, jj, uniq, slot.reshape(-1), state)
     pv, pb, pd = np.empty(len(ii)), np.empty(len(ii)), np.empty(len(ii), dtype=bool)
-    for g0 in range(0, len(starts) - 1, per_batch):
-        sl = starts[g0 : g0 + per_batch + 1]
-        q0, q1 = sl[0], sl[-1]
-        kern.dot2_pairs(xp, m0, *geo, bmat, s_a, s_b, bias, has_bias, ii[q0:q1], jj[q0:q1], sl - q0,
-                        pv[q0:q1], pb[q0:q1], pd[q0:q1])
+    kern.pairs_finish(s_a, s_b, k, has_bias, ii, jj, state, pv, pb, pd)
     vals[ii, jj], errb[ii, jj] = pv, pb
     if kahan:
         pd |= np.isfinite(pb)
+    oh, ow = geo[0], geo[1]
     for i, j in zip(ii[~pd].tolist(), jj[~pd].tolist()):
-        oh, ow = geo[0], geo[1]
         v = fallback(*np.unravel_index(m0 + i, (xp.shape[0], oh, ow)), col0 + j)
         vals[i, j], errb[i, j] = v, (np.spacing(abs(v)) / 2 if np.isfinite(v) else np.inf)
         stats.fallbacks += 1

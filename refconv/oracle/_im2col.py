@@ -16,12 +16,18 @@ DEFAULT_WORKSPACE_BYTES = 256 * 2**20
 
 
 def all_finite(a: np.ndarray | None) -> bool:
-    """True for None or an array without NaN and ±inf (two vectorized reductions, no temporary array).
+    """True for None or an array without NaN and ±inf (one pass, no temporary array).
 
     >>> all_finite(np.array([1.0, -np.inf])), all_finite(np.ones(3)), all_finite(None)
     (False, True, True)
     """
-    return a is None or a.size == 0 or bool(np.isfinite(np.min(a)) and np.isfinite(np.max(a)))
+    if a is None or a.size == 0:
+        return True
+    if a.dtype == np.float64 and a.flags.c_contiguous:
+        from ._kernels import kernels
+
+        return not kernels().any_nonfinite_bits(a.reshape(-1).view(np.int64))
+    return bool(np.isfinite(np.min(a)) and np.isfinite(np.max(a)))
 
 
 def pad_nhwc(x: np.ndarray, spec: ConvSpec) -> np.ndarray:

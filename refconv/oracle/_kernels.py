@@ -70,6 +70,16 @@ def rounds_to(hi, err):
 
 
 @jit
+def any_nonfinite_bits(u):
+    """Whether any float64 (given as its int64 bits) is NaN or ±inf: all exponent bits set (vectorizes)."""
+    mask = 0x7FF0000000000000
+    bad = 0
+    for i in range(u.shape[0]):
+        bad |= (u[i] & mask) == mask
+    return bad != 0
+
+
+@jit
 def pow2_or_zero(e):
     """2^e when |e| ≤ 500 (products of two such factors are then exact and normal), else 0: use ldexp."""
     return math.ldexp(1.0, e) if -500 <= e <= 500 else 0.0
@@ -756,7 +766,7 @@ def certify_direct(hi, lo, bound, y, decided):
 
 
 _NAMESPACE = SimpleNamespace(
-    fma=fma, rounds_to=rounds_to, dot2_conv=dot2_any, dot2_general=dot2_conv, dot2_depthwise=dot2_depthwise,
+    fma=fma, rounds_to=rounds_to, any_nonfinite_bits=any_nonfinite_bits, dot2_conv=dot2_any, dot2_general=dot2_conv, dot2_depthwise=dot2_depthwise,
     row_exponents=row_exponents, col_exponents=col_exponents, split_rows=split_rows, split_cols=split_cols,
     finish_stats=finish_stats, combine_level1=combine_level1,
     any_nonzero_term=any_nonzero_term, predict_undecided=predict_undecided, combine_level2=combine_level2,

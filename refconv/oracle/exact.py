@@ -23,7 +23,7 @@ no K x N copy of the weights is made.
   element is *decided* when its whole uncertainty interval rounds to one float64.
 * Level 2 (6 GEMMs): the remainders are split once more (a2 with 2β bits);
   exact a1@b1, a1@b2, a2@b1 plus a float tail of relative size 2^-2β. A tile goes
-  straight to level 2 when p1 of a 32 x 64 sample predicts that level 1 would leave
+  straight to level 2 when p1 of a 16 x 32 sample predicts that level 1 would leave
   more than 5 % undecided (cancelling sums: normal data at K ≈ 6400 leaves ≈ 40 %),
   and after level 1 when it actually did.
 * What the levels leave undecided is re-checked by a certified Numba Dot2 of the
@@ -141,7 +141,7 @@ def tail_gamma(k: int, kb: int, gemms: int = 2) -> float:
 _NSTATS = 6  # statistics per split row/column (see refconv.oracle._kernels.split_rows)
 _CHUNK = 512  # K-chunk of the level-1 tail GEMMs: bound γ_(512+2K/512); few BLAS calls (each syncs threads)
 _TILE_BYTES = 32 * 2**20  # per-tile buffers of the GEMM path, within the workspace
-_SAMPLE_ROWS, _SAMPLE_COLS, _SAMPLE_CHUNK = 32, 64, 4096  # the block whose p1 predicts a tile's level
+_SAMPLE_ROWS, _SAMPLE_COLS, _SAMPLE_CHUNK = 16, 32, 4096  # the block whose p1 predicts a tile's level
 _REFINE_FRACTION = 0.05  # above this (predicted or actual) undecided share a tile uses the two-digit level
 
 

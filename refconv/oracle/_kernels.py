@@ -766,7 +766,8 @@ def certify_direct(hi, lo, bound, y, decided):
 
 
 _NAMESPACE = SimpleNamespace(
-    fma=fma, rounds_to=rounds_to, any_nonfinite_bits=any_nonfinite_bits, dot2_conv=dot2_any, dot2_general=dot2_conv, dot2_depthwise=dot2_depthwise,
+    fma=fma, rounds_to=rounds_to, any_nonfinite_bits=any_nonfinite_bits,
+    dot2_conv=dot2_any, dot2_general=dot2_conv, dot2_depthwise=dot2_depthwise,
     row_exponents=row_exponents, col_exponents=col_exponents, split_rows=split_rows, split_cols=split_cols,
     finish_stats=finish_stats, combine_level1=combine_level1,
     any_nonzero_term=any_nonzero_term, predict_undecided=predict_undecided, combine_level2=combine_level2,

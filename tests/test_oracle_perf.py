@@ -51,6 +51,24 @@ def test_each_exact_path_is_correctly_rounded(path, family, gi):
     assert_bitwise_equal(got, want, f"path={path} family={family} geometry[{gi}]={geometry}")
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_streamed_chunks_are_correctly_rounded_on_every_value_family(family):
+    """K = 1134 > 2·512 so the GEMM path streams three K-chunks: every value family (exponent spans past
+    ±1000, subnormals, ties, cancellation, integers, NaN/inf) against the Fraction reference, with the
+    default workspace and with a 64 KB one (one-row tiles, one-column weight blocks, strided chunk copies)."""
+    from test_oracle_reference import family_values
+
+    rng = np.random.default_rng([11, FAMILIES.index(family)])
+    x, w, b = family_values(family, rng, (1, 3, 4, 126), (3, 3, 126, 18))
+    geometry = dict(stride=(1, 2), padding="SAME")
+    assert 3 * 3 * 126 > 2 * exact_mod._CHUNK
+    want = reference_conv2d(x, w, b, **geometry)
+    for workspace in (exact_mod.DEFAULT_WORKSPACE_BYTES, 2**16):
+        got, stats = _run_exact(x, w, b, "gemm", workspace_bytes=workspace, **geometry)
+        assert stats.path == "gemm"
+        assert_bitwise_equal(got, want, f"family={family} workspace={workspace}")
+
+
 def test_gemm_path_reached_every_certification_level():
     """Runs after the grid above (same module): the refinement, Dot2 re-check and integer fallback all ran."""
     if not any(_LEVELS.values()):
@@ -64,7 +82,7 @@ def test_gemm_path_with_chunked_tail_matches_direct_and_mpmath(weights):
     """K = 1170 > 1024 streams three K-chunks (512, 512, 146); normal weights (cancellation) need the
     two-digit level, which the p1 sample predicts (so the tile goes straight there)."""
     rng = np.random.default_rng(3)
-    x = rng.random((2, 7, 9, 130))
+    x = rng.random((2, 10, 9, 130))  # 100 x 24 outputs: big enough for the prediction sample
     w = rng.random((3, 3, 130, 24)) if weights == "uniform" else rng.standard_normal((3, 3, 130, 24))
     b = rng.standard_normal(24)
     geometry = dict(stride=(1, 2), padding="SAME")

@@ -247,7 +247,7 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
     total = spec.N * oh * ow
     bufs = [np.empty(min(rows_max, total) * kc) for _ in range(5)], [np.empty(kc * nb) for _ in range(4)]
     # The prediction sample: p1 of _SAMPLE_ROWS x _SAMPLE_COLS in K-chunks of up to _SAMPLE_CHUNK (few BLAS calls).
-    sk = int(max(1, min(k, _SAMPLE_CHUNK, workspace_bytes // (8 * 5 * (_SAMPLE_ROWS + _SAMPLE_COLS)))))
+    sk = int(min(k, max(kc, min(_SAMPLE_CHUNK, workspace_bytes // (8 * 5 * (_SAMPLE_ROWS + _SAMPLE_COLS))))))
     sample_chunks = [(c, min(k, c + sk)) for c in range(0, k, sk)]
     sample_bufs = [np.empty(_SAMPLE_ROWS * sk) for _ in range(3)], [np.empty(sk * _SAMPLE_COLS) for _ in range(2)]
     y2 = y.reshape(total, spec.O)
@@ -270,12 +270,15 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
                 kern.row_exponents(xp, m0, *geo, ea)
                 # Predict from p1 of a small block of rows x columns whether level 1 would leave more than
                 # _REFINE_FRACTION undecided; if so, go straight to level 2 (this saves level 1's tail GEMMs).
-                nr, nj = min(rows, _SAMPLE_ROWS), min(ncol, _SAMPLE_COLS)
-                r0 = (rows - nr) // 2
-                (p1s,), s_a, s_b, _, _ = level_pass(bmat[:, :nj], sample_chunks, sample_bufs, m0 + r0,
-                                                    ea[r0 : r0 + nr], eb[:, :nj], 0)
-                frac = kern.predict_undecided(p1s, s_a, s_b, bias[:nj] if has_bias else bias, has_bias, k,
-                                              tgamma1) / p1s.size
+                # (Small tiles just try level 1.)
+                frac = 0.0
+                if rows * ncol > 4 * _SAMPLE_ROWS * _SAMPLE_COLS:
+                    nr, nj = min(rows, _SAMPLE_ROWS), min(ncol, _SAMPLE_COLS)
+                    r0 = (rows - nr) // 2
+                    (p1s,), s_a, s_b, _, _ = level_pass(bmat[:, :nj], sample_chunks, sample_bufs, m0 + r0,
+                                                        ea[r0 : r0 + nr], eb[:, :nj], 0)
+                    frac = kern.predict_undecided(p1s, s_a, s_b, bias[:nj] if has_bias else bias, has_bias, k,
+                                                  tgamma1) / p1s.size
                 vals = np.empty((rows, ncol))
                 errb = np.full(vals.shape, np.inf)
                 decided = np.zeros(vals.shape, dtype=bool)

@@ -326,6 +326,31 @@ def col_exponents(mat, st):
 
 
 @jit
+def im2col_chunk(xp, m, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, c, e, out):
+    """out[:] = im2col row m, terms c .. c + len(out), scaled by 2^-e (by multiplication when 2^-e is normal).
+
+    Walks one contiguous run of input channels per (tap row, tap column).
+    """
+    n = m // (oh * ow)
+    i = (m // ow) % oh
+    j = m % ow
+    scale = math.ldexp(1.0, -e) if -1000 <= e <= 1000 else 0.0
+    kc = out.shape[0]
+    q = 0
+    kk = c
+    while q < kc:
+        a = kk // (kw * cg)
+        bb = (kk // cg) % kw
+        ci = kk % cg
+        run = min(cg - ci, kc - q)
+        src = xp[n, i * sh + a * dh, j * sw + bb * dw, c0 + ci : c0 + ci + run]
+        for u in range(run):
+            out[q + u] = src[u] * scale if scale != 0.0 else math.ldexp(src[u], -e)
+        q += run
+        kk += run
+
+
+@jit
 def split_rows(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, beta, c, two, xs, a1, r1, a2, r2, st, st2):
     """Split the im2col columns c .. c + xs.shape[1] of rows m0 .. of the tile (one K-chunk).
 
@@ -339,44 +364,25 @@ def split_rows(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, beta, c, two, xs,
     """
     cc = 1.5 * 2.0 ** (52 - beta)
     cc2 = 1.5 * 2.0 ** (52 - 2 * beta)
-    kc = xs.shape[1]
     for r in range(xs.shape[0]):
-        m = m0 + r
-        n = m // (oh * ow)
-        i = (m // ow) % oh
-        j = m % ow
-        e = int(st[r, 0])
-        direct = -1000 <= e <= 1000
-        scale = math.ldexp(1.0, -e) if direct else 0.0
+        im2col_chunk(xp, m0 + r, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, c, int(st[r, 0]), xs[r])
         s1, s5, s6, s7 = st[r, 1], st[r, 3], st[r, 4], st[r, 5]
         t1 = st2[r, 0] if two else 0.0
-        q = 0
-        kk = c
-        while q < kc:  # one contiguous run of input channels per (tap row, tap column)
-            a = kk // (kw * cg)
-            bb = (kk // cg) % kw
-            ci = kk % cg
-            run = min(cg - ci, kc - q)
-            src = xp[n, i * sh + a * dh, j * sw + bb * dw, c0 + ci : c0 + ci + run]
-            for u in range(run):
-                v = src[u]
-                vs = v * scale if direct else math.ldexp(v, -e)
-                d = digit(vs, cc)
-                rr = vs - d
-                xs[r, q + u] = vs
-                a1[r, q + u] = d
-                r1[r, q + u] = rr
-                s1 += abs(rr)
-                s5 += vs * vs
-                s6 += rr * rr
-                s7 += d * d
-                if two:
-                    d2 = digit(rr, cc2)
-                    a2[r, q + u] = d2
-                    r2[r, q + u] = rr - d2
-                    t1 += abs(rr - d2)
-            q += run
-            kk += run
+        for q in range(xs.shape[1]):
+            vs = xs[r, q]
+            d = digit(vs, cc)
+            rr = vs - d
+            a1[r, q] = d
+            r1[r, q] = rr
+            s1 += abs(rr)
+            s5 += vs * vs
+            s6 += rr * rr
+            s7 += d * d
+            if two:
+                d2 = digit(rr, cc2)
+                a2[r, q] = d2
+                r2[r, q] = rr - d2
+                t1 += abs(rr - d2)
         st[r, 1], st[r, 3], st[r, 4], st[r, 5] = s1, s5, s6, s7
         if two:
             st2[r, 0] = t1
@@ -682,28 +688,10 @@ def pairs_chunk(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, src, c, sa, sb, 
         for g in range(uniq.shape[0]):
             cols[g, t] = row[uniq[g]]
     for q in range(ii.shape[0]):
-        i = ii[q]
         j = jj[q]
-        m = m0 + i
-        n = m // (oh * ow)
-        oi = (m // ow) % oh
-        oj = m % ow
-        ea = int(sa[i, 0])
+        im2col_chunk(xp, m0 + ii[q], oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, c, int(sa[ii[q], 0]), xs)
         eb = int(sb[j, 0])
-        ra = math.ldexp(1.0, -ea) if -1000 <= ea <= 1000 else 0.0
         rb = math.ldexp(1.0, -eb) if -1000 <= eb <= 1000 else 0.0
-        t = 0
-        kk = c
-        while t < kc:  # the chunk's im2col values of row i, scaled
-            a = kk // (kw * cg)
-            bb = (kk // cg) % kw
-            ci = kk % cg
-            run = min(cg - ci, kc - t)
-            for u in range(run):
-                v = xp[n, oi * sh + a * dh, oj * sw + bb * dw, c0 + ci + u]
-                xs[t + u] = v * ra if ra != 0.0 else math.ldexp(v, -ea)
-            t += run
-            kk += run
         p = state[q, 0]
         s = state[q, 1]
         mag = state[q, 2]

@@ -259,3 +259,15 @@ def test_kahan_paths_agree_and_meet_the_dot2_bound(family, workspace):
                 half_ulp = np.spacing(np.abs(exact)) / 2
                 rounded = ok & (bound <= half_ulp) & (np.abs(exact) >= 2.0**-1022)
                 assert_bitwise_equal(y[rounded], exact[rounded], f"{family}: decided elements must round correctly")
+
+
+def test_kahan_reports_its_path():
+    """Dense convs take the BLAS splitting, depthwise ones and inputs with NaN/inf the Numba Dot2 kernel."""
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((1, 8, 8, 32)), rng.standard_normal((3, 3, 32, 32))
+    assert refconv.conv2d_with_info(x, w, method="kahan", padding="SAME").stats["path"] == "gemm"
+    x[0, 3, 3, 3] = np.inf
+    res = refconv.conv2d_with_info(x, w, method="kahan", padding="SAME")
+    assert res.stats["path"] == "direct" and np.isinf(res.bound).any()
+    xd, wd = rng.standard_normal((1, 8, 8, 8)), rng.standard_normal((3, 3, 1, 8))
+    assert refconv.conv2d_with_info(xd, wd, method="kahan", groups=8).stats["path"] == "direct"

@@ -38,8 +38,8 @@ class OracleResult:
     ``bound`` is a rigorous per-element bound on |y - exact| (zero for "exact"
     except where the exact value overflows), ``fallbacks`` counts elements the
     exact method had to finish in exact integer arithmetic. ``stats`` holds the
-    method's own counters (for "exact": the path taken, the elements re-checked
-    by the per-element Dot2 certificate, the tiles refined to two digits).
+    method's own counters (for "exact" and "kahan": the path taken, the elements
+    re-checked by the per-element Dot2, the tiles refined to two digits).
     """
 
     y: np.ndarray
@@ -71,10 +71,14 @@ def _exact(x, w, b, spec, **opts) -> OracleResult:
 
 
 def _kahan(x, w, b, spec, **opts) -> OracleResult:
+    from .exact import ExactStats
     from .kahan import conv2d_kahan_nhwc
 
-    y, bound = conv2d_kahan_nhwc(x, w, b, spec, workspace_bytes=opts.get("workspace_bytes", DEFAULT_WORKSPACE_BYTES))
-    return OracleResult(y, spec, "kahan", bound=bound)
+    stats = ExactStats()
+    y, bound = conv2d_kahan_nhwc(x, w, b, spec, workspace_bytes=opts.get("workspace_bytes", DEFAULT_WORKSPACE_BYTES),
+                                 stats=stats)
+    counters = {"path": stats.path, "pair_checks": stats.pair_checks, "refined_tiles": stats.refined_tiles}
+    return OracleResult(y, spec, "kahan", bound=bound, stats=counters)
 
 
 def _mpmath(x, w, b, spec, **opts) -> OracleResult:

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..spec import ConvSpec
 from ._im2col import DEFAULT_WORKSPACE_BYTES, all_finite, pad_nhwc
+from .exact import ExactStats
 
 
 def conv2d_kahan_nhwc(
@@ -46,11 +47,13 @@ def conv2d_kahan_nhwc(
     spec: ConvSpec,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
     path: str | None = None,
+    stats: ExactStats | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Compensated conv of canonical NHWC x, HWIO w; returns (y, rigorous per-element bound on |y - exact|).
 
     Non-finite results get an infinite bound. ``path`` forces "gemm" or "direct"
-    (default: chosen from the shape). Work buffers: the exact method's tiles (gemm),
+    (default: chosen from the shape); ``stats``, if given, receives the path taken and
+    the GEMM path's counters. Work buffers: the exact method's tiles (gemm),
     or one output-sized array for the low parts, a batch of images at a time (direct).
 
     >>> from refconv.spec import ConvSpec
@@ -61,7 +64,7 @@ def conv2d_kahan_nhwc(
     (1.0, True)
     """
     from ._kernels import kernels
-    from .exact import ExactStats, choose_path, gemm_conv
+    from .exact import choose_path, gemm_conv
 
     kern = kernels()
     oh, ow = spec.out_hw
@@ -70,8 +73,11 @@ def conv2d_kahan_nhwc(
     xp = np.ascontiguousarray(pad_nhwc(x, spec))
     wc = np.ascontiguousarray(w)
     finite = all(all_finite(a) for a in (x, w, b))
-    if (path or choose_path(spec)) == "gemm" and finite:
-        gemm_conv(xp, wc, b, spec, workspace_bytes, y, ExactStats(), bound)
+    stats = ExactStats() if stats is None else stats
+    stats.elements = y.size
+    stats.path = "gemm" if (path or choose_path(spec)) == "gemm" and finite else "direct"
+    if stats.path == "gemm":
+        gemm_conv(xp, wc, b, spec, workspace_bytes, y, stats, bound)
         return y, bound
     bias = np.zeros(spec.O) if b is None else np.ascontiguousarray(b, dtype=np.float64)
     step = max(1, workspace_bytes // max(1, 8 * oh * ow * spec.O))

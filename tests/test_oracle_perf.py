@@ -228,3 +228,18 @@ def test_depthwise_kernel_equals_general_kernel_bitwise():
         outs.append(arrs)
     for got, want, name in zip(outs[1], outs[0], ("hi", "lo", "bound")):
         np.testing.assert_array_equal(got, want, err_msg=f"depthwise kernel {name} differs from the general kernel")
+
+
+def test_rounds_to_matches_round_to_nearest_even():
+    """The certification test hi ± err == hi: true exactly when every real within err of hi rounds to hi."""
+    from refconv.oracle._kernels import kernels
+
+    rounds_to = kernels().rounds_to
+    for hi in (1.0, 1.5, 3.0, 2.0**-1000, 1.0 + 2.0**-52, 0.75, -1.0, -(1.0 + 2.0**-52)):
+        up = np.spacing(abs(hi)) / 2  # half gap above |hi|
+        down = (abs(hi) - np.nextafter(abs(hi), 0)) / 2  # half gap below (smaller at a power of two)
+        small = min(up, down)
+        assert rounds_to(hi, small / 2), hi
+        assert not rounds_to(hi, small * (1 + 2.0**-20)), hi
+        even = (np.frombuffer(np.float64(abs(hi)).tobytes(), np.int64)[0] & 1) == 0
+        assert rounds_to(hi, small) == bool(even) or up != down, hi  # a tie rounds to hi only if hi is even

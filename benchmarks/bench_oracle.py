@@ -164,6 +164,7 @@ def bench_shape(name: str, repeat: int, skip: set[str], data: str = "uniform") -
         t0 = time.perf_counter()
         refconv.conv2d_points(x, w, b, positions=pts, **geometry)  # the public point API (exact integer sums)
         row["fast_per_pos"] = (time.perf_counter() - t0) / (8 * m)
+    refconv.oracle.release_workspace()  # count the scratch buffers kept between calls
     tracemalloc.start()
     y = refconv.conv2d(x, w, b, **geometry)
     row["peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20

@@ -17,11 +17,18 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from test_oracle_reference import FAMILIES, N_GEOMETRIES, assert_bitwise_equal, make_case, reference_conv2d
+from test_oracle_reference import (
+    FAMILIES,
+    N_GEOMETRIES,
+    assert_bitwise_equal,
+    family_values,
+    make_case,
+    reference_conv2d,
+)
 
 import refconv
 from refconv.oracle import exact as exact_mod
-from refconv.spec import prepare
+from refconv.spec import ConvSpec, prepare
 
 PATHS = ("gemm", "direct")
 
@@ -114,6 +121,7 @@ def test_workspace_bounds_peak_memory():
     im2col = 48 * 48 * 9 * 64 * 8  # 10.6 MB: the fast path keeps ~5 arrays of this size without tiling
     workspace = 2**20
     refconv.conv2d(x[:, :8, :8], w, padding="SAME", workspace_bytes=workspace)  # compile outside the trace
+    refconv.oracle.release_workspace()  # the buffers kept between calls must be counted too
     tracemalloc.start()
     try:
         y = refconv.conv2d(x, w, padding="SAME", workspace_bytes=workspace)
@@ -243,3 +251,114 @@ def test_rounds_to_matches_round_to_nearest_even():
         assert not rounds_to(hi, small * (1 + 2.0**-20)), hi
         even = (np.frombuffer(np.float64(abs(hi)).tobytes(), np.int64)[0] & 1) == 0
         assert rounds_to(hi, small) == bool(even) or up != down, hi  # a tie rounds to hi only if hi is even
+
+
+@pytest.mark.parametrize("family", ["uniform", "normal", "ties", "illcond", "mixed_cancel", "subnormal", "underflow"])
+@pytest.mark.parametrize("shape", ["columns", "rows", "groups"])
+def test_gemm_path_is_the_same_for_any_worker_count(family, shape):
+    """Tiles dealt to 1, 2 or 3 worker threads (column blocks or row tiles cut to a multiple of the workers):
+    bitwise the same output and kahan bound, and the exact output equals the Fraction reference."""
+    from refconv.oracle._im2col import pad_nhwc
+
+    rng = np.random.default_rng([21, FAMILIES.index(family)])
+    xs, ws, groups = {"columns": ((1, 3, 4, 24), (3, 3, 24, 96), 1), "rows": ((2, 9, 7, 12), (3, 3, 12, 20), 1),
+                      "groups": ((1, 6, 6, 16), (2, 2, 8, 40), 2)}[shape]
+    x, w, b = family_values(family, rng, xs, ws)
+    with np.errstate(all="ignore"):
+        x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+        b = None if b is None else np.asarray(b, np.float64)
+        if not (np.isfinite(x).all() and np.isfinite(w).all() and (b is None or np.isfinite(b).all())):
+            pytest.skip("the GEMM path takes finite values")
+        spec = ConvSpec.from_arrays(x, w, b, padding="SAME", groups=groups)
+        xp = np.ascontiguousarray(pad_nhwc(x, spec))
+        outs = []
+        for workers in (1, 2, 3):
+            kc, nb, rows = exact_mod._gemm_plan(spec, 2**26, workers)
+            tiles = -(-spec.N * spec.out_hw[0] * spec.out_hw[1] // rows) * -(-(spec.O // groups) // nb) * groups
+            assert workers == 1 or tiles % workers == 0 or tiles >= 4 * workers, (workers, kc, nb, rows)
+            shape_y = (spec.N, *spec.out_hw, spec.O)
+            y, yk, bound = np.empty(shape_y), np.empty(shape_y), np.empty(shape_y)
+            assert exact_mod._gemm_exact(xp, w, b, spec, 2**26, y, exact_mod.ExactStats(), None, workers)
+            assert exact_mod._gemm_exact(xp, w, b, spec, 2**26, yk, exact_mod.ExactStats(), bound, workers)
+            outs.append((y, yk, bound))
+        ref = reference_conv2d(x, w, b, padding="SAME", groups=groups)
+    assert_bitwise_equal(outs[0][0], ref, f"{family}/{shape}: exact GEMM path")
+    for workers, (y, yk, bound) in zip((2, 3), outs[1:]):
+        for got, want, what in zip((y, yk, bound), outs[0], ("exact", "kahan", "kahan bound")):
+            assert_bitwise_equal(got, want, f"{family}/{shape}: {what} with {workers} workers")
+
+
+def test_gemm_path_checks_the_weights_on_its_way():
+    """A NaN or inf weight is found by the column-exponent pass: "kahan" goes the direct way, "exact" applies
+    the non-finite semantics, both as if the weights had been checked first."""
+    rng = np.random.default_rng(22)
+    x, w = rng.random((1, 6, 6, 16)), rng.random((3, 3, 16, 32))
+    for bad in (np.nan, np.inf):
+        wb = w.copy()
+        wb[1, 1, 3, 5] = bad
+        res = refconv.conv2d_with_info(x, wb, method="kahan", padding="SAME")
+        assert res.stats["path"] == "direct" and not np.isfinite(res.y[..., 5]).all()
+        y = refconv.conv2d(x, wb, padding="SAME")
+        assert (np.isnan(y[..., 5]) if bad != bad else np.isposinf(y[..., 5])).all(), "every window meets the bad tap"
+        np.testing.assert_array_equal(np.delete(y, 5, axis=-1), np.delete(refconv.conv2d(x, w, padding="SAME"), 5, -1))
+
+
+def test_blas_limit_is_scoped():
+    """BLAS runs single-threaded inside the block and gets its thread count back after it."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    with exact_mod.single_threaded_blas() as limited:
+        inside = blas_threads()
+    assert blas_threads() == before
+    if limited:
+        assert inside and all(n == 1 for _, n in inside), inside
+    with exact_mod.single_threaded_blas(wanted=False) as limited:
+        assert not limited and blas_threads() == before
+
+
+def test_scratch_arenas_are_reused_and_capped(monkeypatch):
+    from refconv.oracle import _scratch
+
+    _scratch.release()
+    with _scratch.arena() as a:
+        first = a.array("buf", (100, 10))
+        assert a.array("buf", (5, 5)).ctypes.data == first.ctypes.data, "a name keeps its buffer"
+        assert a.array("buf", (200, 10)).ctypes.data != first.ctypes.data, "and grows it when needed"
+        assert a.array("flags", (3,), bool).dtype == bool
+    with _scratch.arena() as b:
+        assert b is a, "a returned arena is lent again"
+        with _scratch.arena() as c:
+            assert c is not b, "arenas in use are not shared"
+    monkeypatch.setattr(_scratch, "KEEP_BYTES", 1000)
+    _scratch.release()
+    with _scratch.arena() as d:
+        d.array("big", (1000,))
+    with _scratch.arena() as e:
+        assert e is not d, "an arena over the cap is dropped, not kept"
+    refconv.oracle.release_workspace()
+    assert not _scratch._free
+
+
+def test_finished_sums_bound_the_exact_sums():
+    """finish_stats turns float sums (of |r| and of squares, any order) into upper bounds of the exact sums."""
+    from fractions import Fraction
+
+    from refconv.oracle._kernels import kernels
+
+    kern = kernels()
+    rng = np.random.default_rng(23)
+    for scale in (1.0, 2.0**-1070, 2.0**500):
+        v = rng.random((3, 5000)) * scale
+        st = np.zeros((3, 6))
+        for r in range(3):  # summed in a scrambled order, as the split kernels may
+            order = rng.permutation(v.shape[1])
+            st[r, 1] = sum(abs(v[r, order]).tolist())
+            st[r, 3] = sum((v[r, order] ** 2).tolist())
+        kern.finish_stats(st, v.shape[1], (1,))
+        for r in range(3):
+            assert Fraction(st[r, 1]) >= sum(Fraction(abs(t)) for t in v[r].tolist())
+            assert Fraction(st[r, 3]) >= sum(Fraction(t) ** 2 for t in v[r].tolist())

@@ -309,20 +309,53 @@ def row_exponents(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, st):
 
 
 @jit
-def col_exponents(mat, st):
-    """:func:`row_exponents` for the columns of mat (K, N), column-major: st[0, j], st[2, j]."""
-    k, ncols = mat.shape
+def nonzero_or_inf(v):
+    return v if v != 0.0 else math.inf
+
+
+@jit
+def col_exponents(mat, j0, st, copy):
+    """:func:`row_exponents` for the columns j0 .. j0 + st.shape[1] of mat (K, N), column-major: st[0, j], st[2, j].
+
+    Also copies the first copy.shape[1] of those columns into ``copy`` (K, ·) on the way (the
+    prediction sample's weights, which a strided read would fetch a cache line per row for).
+    Four rows at a time, so that the running maxima are loaded and stored once per four values.
+    Returns whether all those values are finite (v·0 is NaN exactly for NaN and ±inf).
+    """
+    k = mat.shape[0]
+    ncols = st.shape[1]
+    ncopy = copy.shape[1]
     amax = np.zeros(ncols)
     amin = np.full(ncols, math.inf)
-    for kk in range(k):
+    zero = np.zeros(ncols)
+    k4 = k - k % 4
+    for kk in range(0, k4, 4):
+        x0, x1 = mat[kk, j0 : j0 + ncols], mat[kk + 1, j0 : j0 + ncols]
+        x2, x3 = mat[kk + 2, j0 : j0 + ncols], mat[kk + 3, j0 : j0 + ncols]
         for j in range(ncols):
-            v = abs(mat[kk, j])
+            v0, v1, v2, v3 = abs(x0[j]), abs(x1[j]), abs(x2[j]), abs(x3[j])
+            amax[j] = max(amax[j], max(max(v0, v1), max(v2, v3)))
+            lo = min(min(nonzero_or_inf(v0), nonzero_or_inf(v1)), min(nonzero_or_inf(v2), nonzero_or_inf(v3)))
+            amin[j] = min(amin[j], lo)
+            zero[j] += (v0 * 0.0 + v1 * 0.0) + (v2 * 0.0 + v3 * 0.0)
+    for kk in range(k4, k):
+        for j in range(ncols):
+            v = abs(mat[kk, j0 + j])
             amax[j] = max(amax[j], v)
-            amin[j] = min(amin[j], v if v != 0.0 else math.inf)
+            amin[j] = min(amin[j], nonzero_or_inf(v))
+            zero[j] += v * 0.0
+    if ncopy:
+        for kk in range(k):
+            for j in range(ncopy):
+                copy[kk, j] = mat[kk, j0 + j]
     for j in range(ncols):
         e = math.frexp(amax[j])[1]
         st[0, j] = e
         st[2, j] = 1.0 if amin[j] < math.inf and math.ldexp(amin[j], -e) < 2.0**-1022 else 0.0
+    finite = True
+    for j in range(ncols):
+        finite &= zero[j] == 0.0
+    return finite
 
 
 @jit
@@ -389,14 +422,15 @@ def split_rows(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, beta, c, two, xs,
 
 
 @jit
-def split_cols(mat, beta, c, two, a1, r1, a2, r2, stc, st2c):
-    """:func:`split_rows` for rows c .. c + a1.shape[0] of a (K, N) matrix split by columns (one K-chunk).
+def split_cols(mat, beta, c, j0, two, a1, r1, a2, r2, stc, st2c):
+    """:func:`split_rows` for rows c .. c + a1.shape[0], columns j0 .. j0 + a1.shape[1] of a (K, N) matrix
+    (one K-chunk of a column block).
 
     Same digits and statistics; statistics are column-major here (stc[q, j],
     st2c[0, j]; stc[0] = the exponents from :func:`col_exponents`) so that the loops
     over columns vectorize.
     """
-    ncols = mat.shape[1]
+    ncols = a1.shape[1]
     cc = 1.5 * 2.0 ** (52 - beta)
     cc2 = 1.5 * 2.0 ** (52 - 2 * beta)
     scale = np.zeros(ncols)  # 0 where 2^-e is not representable; those columns are redone with ldexp below
@@ -409,23 +443,37 @@ def split_cols(mat, beta, c, two, a1, r1, a2, r2, stc, st2c):
             slow = True
     s1, s5, s6, s7 = stc[1], stc[3], stc[4], stc[5]
     t1 = st2c[0]
-    for q in range(a1.shape[0]):
-        src = mat[c + q]
-        ad = a1[q]
-        rd = r1[q]
+    nq = a1.shape[0]
+    n4 = nq - nq % 4
+    for q in range(0, n4, 4):  # four rows at a time: the column sums are loaded and stored once per four values
+        x0, x1 = mat[c + q, j0 : j0 + ncols], mat[c + q + 1, j0 : j0 + ncols]
+        x2, x3 = mat[c + q + 2, j0 : j0 + ncols], mat[c + q + 3, j0 : j0 + ncols]
         for j in range(ncols):  # branch-free: vectorizes
-            vs = src[j] * scale[j]
+            sj = scale[j]
+            v0, v1, v2, v3 = x0[j] * sj, x1[j] * sj, x2[j] * sj, x3[j] * sj
+            d0, d1, d2, d3 = digit(v0, cc), digit(v1, cc), digit(v2, cc), digit(v3, cc)
+            e0, e1, e2, e3 = v0 - d0, v1 - d1, v2 - d2, v3 - d3
+            a1[q, j], a1[q + 1, j], a1[q + 2, j], a1[q + 3, j] = d0, d1, d2, d3
+            r1[q, j], r1[q + 1, j], r1[q + 2, j], r1[q + 3, j] = e0, e1, e2, e3
+            s1[j] += (abs(e0) + abs(e1)) + (abs(e2) + abs(e3))
+            s5[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+            s6[j] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)
+            s7[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    for q in range(n4, nq):
+        src = mat[c + q]
+        for j in range(ncols):
+            vs = src[j0 + j] * scale[j]
             d = digit(vs, cc)
             rr = vs - d
-            ad[j] = d
-            rd[j] = rr
+            a1[q, j] = d
+            r1[q, j] = rr
             s1[j] += abs(rr)
             s5[j] += vs * vs
             s6[j] += rr * rr
             s7[j] += d * d
-        if two:
-            a2d = a2[q]
-            r2d = r2[q]
+    if two:
+        for q in range(nq):
+            rd, a2d, r2d = r1[q], a2[q], r2[q]
             for j in range(ncols):
                 d2 = digit(rd[j], cc2)
                 a2d[j] = d2
@@ -437,7 +485,7 @@ def split_cols(mat, beta, c, two, a1, r1, a2, r2, stc, st2c):
                 continue
             e = int(stc[0, j])
             for q in range(a1.shape[0]):
-                vs = math.ldexp(mat[c + q, j], -e)
+                vs = math.ldexp(mat[c + q, j0 + j], -e)
                 d = digit(vs, cc)
                 rr = vs - d
                 a1[q, j] = d
@@ -454,11 +502,21 @@ def split_cols(mat, beta, c, two, a1, r1, a2, r2, stc, st2c):
 
 
 @jit
-def finish_stats(st, k):
-    """Turn the float sums of squares st[:, 3:6] of k terms into rigorous upper bounds."""
+def finish_stats(st, k, abs_cols):
+    """Turn float sums of k terms into rigorous upper bounds: st[:, 3:6] sums of squares (rounding and
+    underflow), st[:, abs_cols] sums of absolute values (rounding only: adding floats cannot underflow).
+
+    Any summation order or tree: the computed sum ŝ of k nonnegative terms satisfies
+    s ≤ ŝ / (1 - γ_(k-1)) (Higham 2002, §4.2).
+    """
+    nu = (k + 2) * 2.0**-53
+    up = 1.0 + 2.0 * nu / (1.0 - nu)
     for r in range(st.shape[0]):
-        for q in range(3, 6):
-            st[r, q] = square_sum_upper(st[r, q], k)
+        for q in abs_cols:
+            st[r, q] *= up
+        if st.shape[1] == 6:
+            for q in range(3, 6):
+                st[r, q] = square_sum_upper(st[r, q], k)
 
 
 @pjit
@@ -681,27 +739,38 @@ def pairs_chunk(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, src, c, sa, sb, 
     :func:`split_cols` scale them, so the Dot2 runs on the same scaled values as the GEMM levels.
     """
     kc = src.shape[0]
-    xs = np.empty(kc)
     cols = np.empty((uniq.shape[0], kc))
     for t in range(kc):
         row = src[t]
         for g in range(uniq.shape[0]):
             cols[g, t] = row[uniq[g]]
-    for q in range(ii.shape[0]):
-        j = jj[q]
-        im2col_chunk(xp, m0 + ii[q], oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, c, int(sa[ii[q], 0]), xs)
-        eb = int(sb[j, 0])
-        rb = math.ldexp(1.0, -eb) if -1000 <= eb <= 1000 else 0.0
-        p = state[q, 0]
-        s = state[q, 1]
-        mag = state[q, 2]
-        col = cols[slot[q]]
+    xs = np.empty((4, kc))
+    ws = np.empty((4, kc))
+    npairs = ii.shape[0]
+    for q0 in range(0, npairs, 4):  # four pairs at a time: four independent Dot2 chains hide the add latency
+        qs = (q0, min(q0 + 1, npairs - 1), min(q0 + 2, npairs - 1), min(q0 + 3, npairs - 1))
+        for u in range(4):
+            q = qs[u]
+            im2col_chunk(xp, m0 + ii[q], oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, c, int(sa[ii[q], 0]), xs[u])
+            eb = int(sb[jj[q], 0])
+            rb = math.ldexp(1.0, -eb) if -1000 <= eb <= 1000 else 0.0
+            col = cols[slot[q]]
+            for t in range(kc):
+                ws[u, t] = col[t] * rb if rb != 0.0 else math.ldexp(col[t], -eb)
+        p0, s0, g0 = state[qs[0], 0], state[qs[0], 1], state[qs[0], 2]
+        p1, s1, g1 = state[qs[1], 0], state[qs[1], 1], state[qs[1], 2]
+        p2, s2, g2 = state[qs[2], 0], state[qs[2], 1], state[qs[2], 2]
+        p3, s3, g3 = state[qs[3], 0], state[qs[3], 1], state[qs[3], 2]
         for t in range(kc):
-            wv = col[t] * rb if rb != 0.0 else math.ldexp(col[t], -eb)
-            p, s, mag = dot2_step(p, s, mag, xs[t], wv)
-        state[q, 0] = p
-        state[q, 1] = s
-        state[q, 2] = mag
+            p0, s0, g0 = dot2_step(p0, s0, g0, xs[0, t], ws[0, t])
+            p1, s1, g1 = dot2_step(p1, s1, g1, xs[1, t], ws[1, t])
+            p2, s2, g2 = dot2_step(p2, s2, g2, xs[2, t], ws[2, t])
+            p3, s3, g3 = dot2_step(p3, s3, g3, xs[3, t], ws[3, t])
+        # (padding slots repeat the last pair, so they write back the same values)
+        state[qs[3], 0], state[qs[3], 1], state[qs[3], 2] = p3, s3, g3
+        state[qs[2], 0], state[qs[2], 1], state[qs[2], 2] = p2, s2, g2
+        state[qs[1], 0], state[qs[1], 1], state[qs[1], 2] = p1, s1, g1
+        state[qs[0], 0], state[qs[0], 1], state[qs[0], 2] = p0, s0, g0
 
 
 @jit

@@ -45,12 +45,16 @@ they differ only in speed. Memory: the inputs, weights and output plus at most
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ..spec import ConvSpec
+from . import _scratch
 from ._exactsum import exact_dot
 from ._im2col import DEFAULT_WORKSPACE_BYTES, all_finite, float_conv_nhwc, group_slices, pad_nhwc, window_view
 
@@ -98,9 +102,14 @@ def conv2d_exact_nhwc(
     >>> float(y[0, 0, 0, 0]), stats.elements
     (1.5, 1)
     """
+    path = path or choose_path(spec)
+    if path == "gemm" and all_finite(x) and all_finite(b):  # the GEMM path checks the weights on its way
+        done = _finite_exact(x, w, b, spec, workspace_bytes, path)
+        if done is not None:
+            return done
     finite = [all_finite(a) for a in (x, w, b)]
     xf, wf, bf = (a if ok or a is None else np.where(np.isfinite(a), a, 0.0) for a, ok in zip((x, w, b), finite))
-    y, stats = _finite_exact(xf, wf, bf, spec, workspace_bytes, path or choose_path(spec))
+    y, stats = _finite_exact(xf, wf, bf, spec, workspace_bytes, path)
     if not all(finite):
         _apply_nonfinite(y, x, w, b, spec, workspace_bytes)
     return y, stats
@@ -147,7 +156,8 @@ _REFINE_FRACTION = 0.05  # above this (predicted or actual) undecided share a ti
 
 def _finite_exact(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: ConvSpec, workspace_bytes: int, path: str
-) -> tuple[np.ndarray, ExactStats]:
+) -> tuple[np.ndarray, ExactStats] | None:
+    """The correctly rounded conv of finite x and b; None if the GEMM path finds a weight that is not finite."""
     oh, ow = spec.out_hw
     y = np.empty((spec.N, oh, ow, spec.O), dtype=np.float64)
     stats = ExactStats(elements=y.size, path=path)
@@ -155,24 +165,65 @@ def _finite_exact(
     wc = np.ascontiguousarray(w)
     if path == "direct":
         _direct_exact(xp, wc, b, spec, workspace_bytes, y, stats)
-    else:
-        gemm_conv(xp, wc, b, spec, workspace_bytes, y, stats)
+    elif not gemm_conv(xp, wc, b, spec, workspace_bytes, y, stats):
+        return None
     return y, stats
 
 
-def gemm_conv(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
-    """The GEMM path on padded NHWC xp and contiguous HWIO w (finite); "kahan" mode when ``bound`` is given."""
+def gemm_conv(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> bool:
+    """The GEMM path on padded NHWC xp and contiguous HWIO w; "kahan" mode when ``bound`` is given.
+
+    xp and the bias must be finite; the weights are checked on the way (one pass finds their
+    column exponents): returns False, having computed nothing, if one is NaN or ±inf.
+
+    Runs on ``numba.get_num_threads()`` worker threads, each calling BLAS single-threaded on its own
+    tiles (see :func:`single_threaded_blas`); with one thread, or where BLAS's thread count cannot be
+    set, on the calling thread with BLAS threaded as configured.
+    """
     import numba
 
-    # BLAS does the heavy lifting here. Numba's OpenMP team spin-waits after each parallel kernel and
-    # steals cores from OpenBLAS's threads (measured: 2 threads each, seed shape, ~2-6x slower), so the
-    # light Numba kernels of this path run on the calling thread.
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
+    workers = numba.get_num_threads()
+    numba.set_num_threads(1)  # this thread's Numba kernels run single-threaded (the setting is per thread)
     try:
-        _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound)
+        with single_threaded_blas(workers > 1) as limited:
+            return _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound, workers if limited else 1)
     finally:
-        numba.set_num_threads(threads)
+        numba.set_num_threads(workers)
+
+
+@functools.cache
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
+@contextlib.contextmanager
+def single_threaded_blas(wanted: bool = True) -> Iterator[bool]:
+    """Limit numpy's BLAS to one thread inside the block; yields whether it did.
+
+    BLAS's own threads parallelize one GEMM; the GEMM path instead runs whole tiles (splits,
+    GEMMs, certification) on parallel worker threads, each calling BLAS on itself: on the seed
+    shape's skinny products (128 x 6400 x 512) two such threads are 1.8x faster than OpenBLAS's
+    two threads on one product (measured 14.8 vs 26.9 ms; OpenBLAS gained nothing from its second
+    thread there), and no BLAS thread spin-waits on a core that a worker needs. The previous
+    thread count is restored on exit (process-wide: a concurrent caller's BLAS runs single-threaded
+    meanwhile). Yields False, changing nothing, when not ``wanted`` or when threadpoolctl finds no
+    BLAS it can control.
+
+    >>> with single_threaded_blas() as limited:
+    ...     isinstance(limited, bool)
+    True
+    """
+    try:
+        ctl = _blas_controller() if wanted else None
+    except ImportError:
+        ctl = None
+    if not ctl or not ctl.lib_controllers:
+        yield False
+        return
+    with ctl.limit(limits=1):
+        yield True
 
 
 def _exact_fallback(xp, wmat, b, spec, cs, n, oi, oj, col) -> float:
@@ -216,7 +267,37 @@ def _direct_exact(xp, w, b, spec, workspace_bytes, y, stats) -> None:
         y[n0:n1] = vals.reshape(shape)
 
 
-def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
+def _gemm_plan(spec: ConvSpec, workspace_bytes: int, workers: int) -> tuple[int, int, int]:
+    """(K-chunk, output channels per column block, rows per tile) of the GEMM path.
+
+    Each worker gets workspace_bytes / workers: K-chunk buffers (5 of rows x kc for the
+    input tile, 4 of kc x nb for the weights) and 12 (rows x nb) arrays of products and
+    results; a tile holds at least one row and one channel. With several workers, a conv
+    that makes few tiles is cut into a multiple of ``workers`` tiles, along its rows if
+    a tile has at least as many rows as channels (the weight split is redone per row tile),
+    else along its channels (the row split is redone per column block).
+
+    >>> _gemm_plan(ConvSpec.from_shapes((1, 16, 32, 256), (5, 5, 256, 512), stride=2, padding="SAME"), 2**28, 2)
+    (512, 256, 128)
+    """
+    k = spec.n_terms
+    kc = k if k <= 2 * _CHUNK else _CHUNK
+    og = spec.O // spec.groups
+    total = spec.N * spec.out_hw[0] * spec.out_hw[1]
+    ws = workspace_bytes // workers
+    nb = int(max(1, min(og, ws // (64 * kc))))
+    tile_bytes = min(ws - 32 * kc * nb, _TILE_BYTES)  # small tiles stay in cache, buffers are reused
+    rows = int(max(1, min(total, tile_bytes // (8 * (5 * kc + 12 * nb)))))
+    tiles, blocks = -(-total // rows), -(-og // nb)
+    if workers > 1 and spec.groups * tiles * blocks < 4 * workers:
+        if rows >= nb:
+            tiles = min(total, -(-tiles // workers) * workers)
+        else:
+            blocks = min(og, -(-blocks // workers) * workers)
+    return kc, -(-og // blocks), -(-total // tiles)
+
+
+def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1) -> bool:
     """Ozaki splitting onto BLAS, certified per element (see the module docstring for the levels).
 
     With ``bound`` (an output-shaped array) this is the GEMM path of the "kahan"
@@ -224,132 +305,184 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> None:
     Dot2 value instead of going to the exact integer dot product, and ``bound``
     receives the rigorous per-element error bound (the BLAS results enter only
     through certified roundings, so the output does not depend on BLAS's order).
+    Tiles (a column block x a block of output rows) are dealt round-robin to
+    ``workers`` threads (BLAS should then be single-threaded: :func:`single_threaded_blas`);
+    every tile is computed the same way whoever computes it. Returns False (nothing computed)
+    if a weight is not finite.
     """
     from ._kernels import kernels
 
     kern = kernels()
-    kahan = bound is not None
     oh, ow = spec.out_hw
     k = spec.n_terms
     beta = digit_bits(k)
-    kc = k if k <= 2 * _CHUNK else _CHUNK
+    kc, nb, rows_max = _gemm_plan(spec, workspace_bytes, workers)
     tgamma1 = tail_gamma(k, kc, 2)
     tgamma2 = tail_gamma(k, kc, 3)
     og, cg = spec.O // spec.groups, spec.C // spec.groups
     wmat = w.reshape(k, spec.O)
-    has_bias = b is not None
     chunks = [(c, min(k, c + kc)) for c in range(0, k, kc)]
-    # Workspace: K-chunk buffers (5 of rows x kc for the input tile, 4 of kc x nb for the weights) and 12
-    # (rows x nb) arrays of products and results; a tile always holds at least one row and one channel.
-    nb = int(max(1, min(og, workspace_bytes // (64 * kc))))
-    tile_bytes = min(workspace_bytes - 32 * kc * nb, _TILE_BYTES)  # small tiles stay in cache, buffers are reused
-    rows_max = int(max(1, tile_bytes // (8 * (5 * kc + 12 * nb))))
     total = spec.N * oh * ow
-    bufs = [np.empty(min(rows_max, total) * kc) for _ in range(5)], [np.empty(kc * nb) for _ in range(4)]
     # The prediction sample: p1 of _SAMPLE_ROWS x _SAMPLE_COLS in K-chunks of up to _SAMPLE_CHUNK (few BLAS calls).
-    sk = int(min(k, max(kc, min(_SAMPLE_CHUNK, workspace_bytes // (8 * 5 * (_SAMPLE_ROWS + _SAMPLE_COLS))))))
+    sk = int(min(k, max(kc, min(_SAMPLE_CHUNK, workspace_bytes // (workers * 8 * 5 * (_SAMPLE_ROWS + _SAMPLE_COLS))))))
     sample_chunks = [(c, min(k, c + sk)) for c in range(0, k, sk)]
-    sample_bufs = [np.empty(_SAMPLE_ROWS * sk) for _ in range(3)], [np.empty(sk * _SAMPLE_COLS) for _ in range(2)]
     y2 = y.reshape(total, spec.O)
     bound2 = None if bound is None else bound.reshape(total, spec.O)
+    blocks = [(cs, slice(os_.start + c0, os_.start + min(og, c0 + nb))) for _, cs, os_ in group_slices(spec)
+              for c0 in range(0, og, nb)]
+    tiles = [(blk, m0) for blk in range(len(blocks)) for m0 in range(0, total, rows_max)]
+    # Tiles larger than 4 samples take one; the blocks' sample columns are copied contiguously on the way
+    # (if the copies take at most a quarter of the workspace; else the samples read the weights in place).
+    sample_cols = [min(c.stop - c.start, _SAMPLE_COLS) if min(rows_max, total) * (c.stop - c.start)
+                   > 4 * _SAMPLE_ROWS * _SAMPLE_COLS else 0 for _, c in blocks]
+    if 8 * k * sum(sample_cols) > workspace_bytes // 4:
+        sample_cols = [0] * len(blocks)
+    offsets = np.concatenate([[0], np.cumsum(sample_cols)]) * k
 
-    for _, cs, os_ in group_slices(spec):
-        geo = (oh, ow, spec.KH, spec.KW, cs.start, cg, *spec.stride, *spec.dilation)
-        for c0 in range(0, og, nb):
-            c1 = min(og, c0 + nb)
-            cols = slice(os_.start + c0, os_.start + c1)
-            bmat = wmat[:, cols]
-            ncol = c1 - c0
-            bias = np.zeros(1) if b is None else np.ascontiguousarray(b[cols])
-            eb = np.zeros((_NSTATS, ncol))
-            kern.col_exponents(bmat, eb)
-            level_pass = functools.partial(_level_pass, kern, xp, geo, beta, k)
-            for m0 in range(0, total, rows_max):
-                rows = min(total, m0 + rows_max) - m0
-                ea = np.zeros((rows, _NSTATS))
-                kern.row_exponents(xp, m0, *geo, ea)
-                # Predict from p1 of a small block of rows x columns whether level 1 would leave more than
-                # _REFINE_FRACTION undecided; if so, go straight to level 2 (this saves level 1's tail GEMMs).
-                # (Small tiles just try level 1.)
-                frac = 0.0
-                if rows * ncol > 4 * _SAMPLE_ROWS * _SAMPLE_COLS:
-                    nr, nj = min(rows, _SAMPLE_ROWS), min(ncol, _SAMPLE_COLS)
-                    r0 = (rows - nr) // 2
-                    (p1s,), s_a, s_b, _, _ = level_pass(bmat[:, :nj], sample_chunks, sample_bufs, m0 + r0,
-                                                        ea[r0 : r0 + nr], eb[:, :nj], 0)
-                    frac = kern.predict_undecided(p1s, s_a, s_b, bias[:nj] if has_bias else bias, has_bias, k,
-                                                  tgamma1) / p1s.size
-                vals = np.empty((rows, ncol))
-                errb = np.full(vals.shape, np.inf)
-                decided = np.zeros(vals.shape, dtype=bool)
-                limit = _REFINE_FRACTION * vals.size
-                if frac <= _REFINE_FRACTION:  # level 1: p1 + a float tail of relative size 2^-β
-                    (p1, t), s_a, s_b, _, _ = level_pass(bmat, chunks, bufs, m0, ea, eb, 1)
-                    kern.combine_level1(p1, t, s_a, s_b, bias, has_bias, k, tgamma1, vals, decided, errb)
-                    del p1, t
-                if np.count_nonzero(~decided) > limit:  # level 2: two more exact GEMMs, a tail of size 2^-2β
-                    stats.refined_tiles += 1
-                    (p1, x12, x21, t2), s_a, s_b, s2_a, s2_b = level_pass(bmat, chunks, bufs, m0, ea, eb, 2)
-                    vals2, dec2, errb2 = np.empty_like(vals), np.empty(vals.shape, dtype=bool), np.empty_like(vals)
-                    kern.combine_level2(p1, x12, x21, t2, s_a, s_b, s2_a, s2_b, bias, has_bias, k, tgamma2,
-                                        vals2, dec2, errb2)
-                    del p1, x12, x21, t2
-                    take = ~decided
-                    vals[take], errb[take] = vals2[take], errb2[take]
-                    decided |= dec2
-                if kahan:  # correctly rounded: half an ulp (a bound that does not depend on BLAS's order)
-                    errb[decided] = np.spacing(np.abs(vals[decided])) / 2
-                _finish_pairs(kern, xp, m0, geo, bmat, chunks, s_a, s_b, bias, has_bias, decided, vals, errb, kahan,
-                              stats, functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols.start)
-                y2[m0 : m0 + rows, cols] = vals
-                if bound2 is not None:
-                    bound2[m0 : m0 + rows, cols] = errb
+    def column_exponents(blk: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The block's column exponents, a contiguous copy of its sample columns, whether its weights are finite."""
+        eb = np.zeros((_NSTATS, blocks[blk][1].stop - blocks[blk][1].start))
+        sample_w = samples[offsets[blk] : offsets[blk + 1]].reshape(k, sample_cols[blk])
+        return eb, sample_w, kern.col_exponents(wmat, blocks[blk][1].start, eb, sample_w)
+
+    def work(first: int) -> ExactStats:
+        import numba
+
+        numba.set_num_threads(1)
+        counts = ExactStats()
+        with _scratch.arena() as ws:
+            for blk, m0 in tiles[first::workers]:
+                cs, cols = blocks[blk]
+                geo = (oh, ow, spec.KH, spec.KW, cs.start, cg, *spec.stride, *spec.dilation)
+                _gemm_tile(kern, ws, xp, wmat, b, geo, beta, k, (chunks, sample_chunks), m0,
+                           min(total, m0 + rows_max) - m0, *col_exp[blk][:2], (tgamma1, tgamma2), counts,
+                           functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols, y2, bound2)
+        return counts
+
+    with _scratch.arena() as main_ws:
+        samples = main_ws.array("samples", (int(offsets[-1]),))
+        with contextlib.ExitStack() as stack:
+            pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
+            run = map if pool is None else pool.map
+            col_exp = list(run(column_exponents, range(len(blocks))))
+            if not all(finite for _, _, finite in col_exp):
+                return False
+            parts = list(run(work, range(workers)))
+    for part in parts:
+        stats.pair_checks += part.pair_checks
+        stats.refined_tiles += part.refined_tiles
+        stats.fallbacks += part.fallbacks
+    return True
 
 
-def _level_pass(kern, xp, geo, beta, k, bmat, chunks, bufs, m0, ea, eb, level):
-    """Digits of im2col rows m0 .. m0 + len(ea) and of the columns of bmat over all K-chunks, with one level's GEMMs.
+def _gemm_tile(kern, ws, xp, wmat, b, geo, beta, k, all_chunks, m0, rows, eb, sample_w, tgammas, stats, fallback,
+               cols, y2, bound2) -> None:
+    """One tile of the GEMM path: output rows m0 .. m0 + rows x the columns ``cols`` of wmat (K x O).
+
+    ``ws``: the worker's arena; ``all_chunks``: the K-chunks of the levels and of the sample;
+    ``eb``: the columns' exponents; ``sample_w``: a contiguous copy of the first columns (the
+    prediction sample's), or empty (then the sample reads them from wmat)."""
+    tgamma1, tgamma2 = tgammas
+    chunks, sample_chunks = all_chunks
+    ncol = cols.stop - cols.start
+    has_bias = b is not None
+    bias = np.zeros(1) if b is None else np.ascontiguousarray(b[cols])
+    ea = np.zeros((rows, _NSTATS))
+    kern.row_exponents(xp, m0, *geo, ea)
+    level_pass = functools.partial(_level_pass, kern, ws, xp, geo, beta, wmat)
+    # Predict from p1 of a small block of rows x columns whether level 1 would leave more than
+    # _REFINE_FRACTION undecided; if so, go straight to level 2 (this saves level 1's tail GEMMs).
+    # (Small tiles just try level 1.)
+    frac = 0.0
+    if rows * ncol > 4 * _SAMPLE_ROWS * _SAMPLE_COLS:
+        nr, nj = min(rows, _SAMPLE_ROWS), min(ncol, _SAMPLE_COLS)
+        r0 = (rows - nr) // 2
+        src, scols = (sample_w, slice(0, nj)) if sample_w.shape[1] else (wmat, slice(cols.start, cols.start + nj))
+        (p1s,), s_a, s_b, _, _ = _level_pass(kern, ws, xp, geo, beta, src, scols, sample_chunks, m0 + r0,
+                                             ea[r0 : r0 + nr], eb[:, :nj], 0)
+        frac = kern.predict_undecided(p1s, s_a, s_b, bias[:nj] if has_bias else bias, has_bias, k,
+                                      tgamma1) / p1s.size
+    vals, errb = ws.array("vals", (rows, ncol)), ws.array("errb", (rows, ncol))
+    decided = ws.array("decided", (rows, ncol), bool)
+    errb.fill(np.inf)
+    decided.fill(False)
+    limit = _REFINE_FRACTION * vals.size
+    if frac <= _REFINE_FRACTION:  # level 1: p1 + a float tail of relative size 2^-β
+        (p1, t), s_a, s_b, _, _ = level_pass(cols, chunks, m0, ea, eb, 1)
+        kern.combine_level1(p1, t, s_a, s_b, bias, has_bias, k, tgamma1, vals, decided, errb)
+        del p1, t
+    if np.count_nonzero(~decided) > limit:  # level 2: two more exact GEMMs, a tail of size 2^-2β
+        stats.refined_tiles += 1
+        (p1, x12, x21, t2), s_a, s_b, s2_a, s2_b = level_pass(cols, chunks, m0, ea, eb, 2)
+        vals2, errb2 = ws.array("vals2", vals.shape), ws.array("errb2", vals.shape)
+        dec2 = ws.array("decided2", vals.shape, bool)
+        kern.combine_level2(p1, x12, x21, t2, s_a, s_b, s2_a, s2_b, bias, has_bias, k, tgamma2,
+                            vals2, dec2, errb2)
+        del p1, x12, x21, t2
+        take = ~decided
+        vals[take], errb[take] = vals2[take], errb2[take]
+        decided |= dec2
+    kahan = bound2 is not None
+    if kahan:  # correctly rounded: half an ulp (a bound that does not depend on BLAS's order)
+        errb[decided] = np.spacing(np.abs(vals[decided])) / 2
+    _finish_pairs(kern, xp, m0, geo, wmat, chunks, s_a, s_b, bias, has_bias, decided, vals, errb, kahan,
+                  stats, fallback, cols.start)
+    y2[m0 : m0 + rows, cols] = vals
+    if kahan:
+        bound2[m0 : m0 + rows, cols] = errb
+
+
+def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level):
+    """Digits of im2col rows m0 .. m0 + len(ea) and of the weight columns ``cols`` over all K-chunks, with one
+    level's GEMMs.
 
     ``ea`` / ``eb`` hold the row / column exponents and lossy flags (:func:`row_exponents`,
-    :func:`col_exponents`); ``bufs`` = (5 input-tile buffers, 4 weight buffers) of at
-    least a chunk each. Level 0 computes p1 only (the prediction sample), level 1
+    :func:`col_exponents`); the chunk buffers and products are arrays of the arena ``ws``
+    (the sample's named apart). Level 0 computes p1 only (the prediction sample), level 1
     [p1, tail], level 2 [p1, x12, x21, tail2]. The exact digit products are accumulated
     exactly (digit products and their running sums stay below 2^53), the float tail per
     chunk. Returns (products, row stats, column stats, second-digit row and column stats).
     """
     none2 = np.empty((1, 1))
     two = level == 2
-    nr, nj = ea.shape[0], bmat.shape[1]
+    k = wmat.shape[0]
+    nr, nj = ea.shape[0], cols.stop - cols.start
     s_a, s_c = ea.copy(), eb.copy()  # exponents and lossy flags; the sums start at zero
     s2_a, s2_c = (np.zeros((nr, 1)), np.zeros((1, nj))) if two else (none2, none2)
-    out = [np.zeros((nr, nj)) for _ in range((1, 2, 4)[level])]
-    tmp = np.empty((nr, nj))
-    bufs_a, bufs_b = bufs
+    tag = "sample" if level == 0 else ""
+    out = [ws.array(f"{tag}out{i}", (nr, nj)) for i in range((1, 2, 4)[level])]
+    tmp = ws.array(f"{tag}tmp", (nr, nj))
     for c, c_end in chunks:
         width = c_end - c
-        va = [buf[: nr * width].reshape(nr, width) for buf in bufs_a[: 5 if two else 3]]
-        vb = [buf[: width * nj].reshape(width, nj) for buf in bufs_b[: 4 if two else 2]]
+        va = [ws.array(f"{tag}a{i}", (nr, width)) for i in range(5 if two else 3)]
+        vb = [ws.array(f"{tag}b{i}", (width, nj)) for i in range(4 if two else 2)]
         xs_a, a1_a, r1_a, a2_a, r2_a = va + [none2] * (5 - len(va))
         a1_b, r1_b, a2_b, r2_b = vb + [none2] * (4 - len(vb))
-        src = bmat[c:c_end] if bmat.flags.c_contiguous else np.ascontiguousarray(bmat[c:c_end])  # vectorizes
         kern.split_rows(xp, m0, *geo, beta, c, two, xs_a, a1_a, r1_a, a2_a, r2_a, s_a, s2_a)
-        kern.split_cols(src, beta, 0, two, a1_b, r1_b, a2_b, r2_b, s_c, s2_c)
+        kern.split_cols(wmat, beta, c, cols.start, two, a1_b, r1_b, a2_b, r2_b, s_c, s2_c)
         exact_prods = [(a1_a, a1_b)] + ([(a1_a, a2_b), (a2_a, a1_b)] if two else [])
         tails = [] if level == 0 else (
             [(a1_a, r2_b), (r1_a, r1_b), (r2_a, a1_b)] if two else [(xs_a, r1_b), (r1_a, a1_b)])
+        first = c == 0
         for acc, (fa, fb) in zip(out, exact_prods):
-            np.matmul(fa, fb, out=tmp)
-            acc += tmp
-        for fa, fb in tails:
-            np.matmul(fa, fb, out=tmp)
-            out[-1] += tmp
-    kern.finish_stats(s_a, k)
+            np.matmul(fa, fb, out=acc if first else tmp)  # (the arena's arrays are not zeroed)
+            if not first:
+                acc += tmp
+        for q, (fa, fb) in enumerate(tails):
+            np.matmul(fa, fb, out=out[-1] if first and q == 0 else tmp)
+            if not (first and q == 0):
+                out[-1] += tmp
     s_b = np.ascontiguousarray(s_c.T)
-    kern.finish_stats(s_b, k)
+    for st in (s_a, s_b):
+        kern.finish_stats(st, k, (1,))
     s2_b = np.ascontiguousarray(s2_c.T) if two else none2
+    if two:
+        for st in (s2_a, s2_b):
+            kern.finish_stats(st, k, (0,))
     return out, s_a, s_b, s2_a, s2_b
 
 
-def _finish_pairs(kern, xp, m0, geo, bmat, chunks, s_a, s_b, bias, has_bias, decided, vals, errb, kahan, stats,
+def _finish_pairs(kern, xp, m0, geo, wmat, chunks, s_a, s_b, bias, has_bias, decided, vals, errb, kahan, stats,
                   fallback, col0) -> None:
     """Per-element Dot2 for what the GEMM levels left open (streamed over the K-chunks of the weights, so
     no column is gathered from the whole matrix), then the exact integer dot product."""
@@ -357,17 +490,19 @@ def _finish_pairs(kern, xp, m0, geo, bmat, chunks, s_a, s_b, bias, has_bias, dec
     if not len(ii):
         return
     stats.pair_checks += len(ii)
-    k = bmat.shape[0]
+    k = wmat.shape[0]
     state = np.empty((len(ii), 4))
     kern.pairs_start(s_a, s_b, bias, has_bias, ii, jj, state)
     uniq, slot = np.unique(jj, return_inverse=True)
     for c, c_end in chunks:
-        src = bmat[c:c_end] if bmat.flags.c_contiguous else np.ascontiguousarray(bmat[c:c_end])
-        kern.pairs_chunk(xp, m0, *geo, src, c, s_a, s_b, ii, jj, uniq, slot.reshape(-1), state)
+        kern.pairs_chunk(xp, m0, *geo, wmat[c:c_end], c, s_a, s_b, ii, jj, uniq + col0, slot.reshape(-1), state)
     pv, pb, pd = np.empty(len(ii)), np.empty(len(ii)), np.empty(len(ii), dtype=bool)
     kern.pairs_finish(s_a, s_b, k, has_bias, ii, jj, state, pv, pb, pd)
     vals[ii, jj], errb[ii, jj] = pv, pb
     if kahan:
+        # Correctly rounded elements report half an ulp whichever stage certified them, so the bound does not
+        # depend on which elements BLAS's rounding left to this stage; the others keep Dot2's value and bound.
+        errb[ii[pd], jj[pd]] = np.spacing(np.abs(pv[pd])) / 2
         pd |= np.isfinite(pb)
     oh, ow = geo[0], geo[1]
     for i, j in zip(ii[~pd].tolist(), jj[~pd].tolist()):

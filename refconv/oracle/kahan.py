@@ -72,13 +72,12 @@ def conv2d_kahan_nhwc(
     bound = np.empty_like(y)
     xp = np.ascontiguousarray(pad_nhwc(x, spec))
     wc = np.ascontiguousarray(w)
-    finite = all(all_finite(a) for a in (x, w, b))
     stats = ExactStats() if stats is None else stats
     stats.elements = y.size
-    stats.path = "gemm" if (path or choose_path(spec)) == "gemm" and finite else "direct"
-    if stats.path == "gemm":
-        gemm_conv(xp, wc, b, spec, workspace_bytes, y, stats, bound)
-        return y, bound
+    stats.path = "gemm" if (path or choose_path(spec)) == "gemm" and all_finite(x) and all_finite(b) else "direct"
+    if stats.path == "gemm" and gemm_conv(xp, wc, b, spec, workspace_bytes, y, stats, bound):
+        return y, bound  # (False: a weight is not finite; those go the direct way)
+    stats.path = "direct"
     bias = np.zeros(spec.O) if b is None else np.ascontiguousarray(b, dtype=np.float64)
     step = max(1, workspace_bytes // max(1, 8 * oh * ow * spec.O))
     for n0 in range(0, spec.N, step):

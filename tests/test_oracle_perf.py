@@ -254,15 +254,16 @@ def test_rounds_to_matches_round_to_nearest_even():
 
 
 @pytest.mark.parametrize("family", ["uniform", "normal", "ties", "illcond", "mixed_cancel", "subnormal", "underflow"])
-@pytest.mark.parametrize("shape", ["columns", "rows", "groups"])
+@pytest.mark.parametrize("shape", ["columns", "sampled", "rows", "groups"])
 def test_gemm_path_is_the_same_for_any_worker_count(family, shape):
-    """Tiles dealt to 1, 2 or 3 worker threads (column blocks or row tiles cut to a multiple of the workers):
-    bitwise the same output and kahan bound, and the exact output equals the Fraction reference."""
+    """Tiles dealt to 1, 2 or 3 worker threads (column blocks sharing rows split once, with and without the
+    prediction sample, or row tiles cut to a multiple of the workers): bitwise the same output and kahan
+    bound, and the exact output equals the direct path's (Numba Dot2 + exact integer sums)."""
     from refconv.oracle._im2col import pad_nhwc
 
     rng = np.random.default_rng([21, FAMILIES.index(family)])
-    xs, ws, groups = {"columns": ((1, 3, 4, 24), (3, 3, 24, 96), 1), "rows": ((2, 9, 7, 12), (3, 3, 12, 20), 1),
-                      "groups": ((1, 6, 6, 16), (2, 2, 8, 40), 2)}[shape]
+    xs, ws, groups = {"columns": ((1, 3, 4, 24), (3, 3, 24, 96), 1), "sampled": ((1, 5, 8, 16), (3, 3, 16, 256), 1),
+                      "rows": ((2, 9, 7, 12), (3, 3, 12, 20), 1), "groups": ((1, 6, 6, 16), (2, 2, 8, 40), 2)}[shape]
     x, w, b = family_values(family, rng, xs, ws)
     with np.errstate(all="ignore"):
         x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
@@ -281,7 +282,7 @@ def test_gemm_path_is_the_same_for_any_worker_count(family, shape):
             assert exact_mod._gemm_exact(xp, w, b, spec, 2**26, y, exact_mod.ExactStats(), None, workers)
             assert exact_mod._gemm_exact(xp, w, b, spec, 2**26, yk, exact_mod.ExactStats(), bound, workers)
             outs.append((y, yk, bound))
-        ref = reference_conv2d(x, w, b, padding="SAME", groups=groups)
+        ref, _ = exact_mod.conv2d_exact_nhwc(x, w, b, spec, path="direct")  # correctly rounded too, another way
     assert_bitwise_equal(outs[0][0], ref, f"{family}/{shape}: exact GEMM path")
     for workers, (y, yk, bound) in zip((2, 3), outs[1:]):
         for got, want, what in zip((y, yk, bound), outs[0], ("exact", "kahan", "kahan bound")):

@@ -23,7 +23,7 @@ no K x N copy of the weights is made.
   element is *decided* when its whole uncertainty interval rounds to one float64.
 * Level 2 (6 GEMMs): the remainders are split once more (a2 with 2β bits);
   exact a1@b1, a1@b2, a2@b1 plus a float tail of relative size 2^-2β. A tile goes
-  straight to level 2 when p1 of a 16 x 32 sample predicts that level 1 would leave
+  straight to level 2 when p1 of a 32 x 16 sample predicts that level 1 would leave
   more than 5 % undecided (cancelling sums: normal data at K ≈ 6400 leaves ≈ 40 %),
   and after level 1 when it actually did.
 * What the levels leave undecided is re-checked by a certified Numba Dot2 of the
@@ -150,7 +150,7 @@ def tail_gamma(k: int, kb: int, gemms: int = 2) -> float:
 _NSTATS = 6  # statistics per split row/column (see refconv.oracle._kernels.split_rows)
 _CHUNK = 512  # K-chunk of the level-1 tail GEMMs: bound γ_(512+2K/512); few BLAS calls (each syncs threads)
 _TILE_BYTES = 32 * 2**20  # per-tile buffers of the GEMM path, within the workspace
-_SAMPLE_ROWS, _SAMPLE_COLS, _SAMPLE_CHUNK = 16, 32, 4096  # the block whose p1 predicts a tile's level
+_SAMPLE_ROWS, _SAMPLE_COLS, _SAMPLE_CHUNK = 32, 16, 4096  # the block whose p1 predicts a tile's level
 _REFINE_FRACTION = 0.05  # above this (predicted or actual) undecided share a tile uses the two-digit level
 
 
@@ -317,12 +317,18 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     k = spec.n_terms
     beta = digit_bits(k)
     kc, nb, rows_max = _gemm_plan(spec, workspace_bytes, workers)
+    og = spec.O // spec.groups
+    total = spec.N * oh * ow
+    # With at least one column block per worker in each group, the workers share each row tile: its rows are
+    # split once (in parallel, at most a quarter of the workspace), then its column blocks are dealt out.
+    share = workers > 1 and -(-og // nb) >= workers and 24 * min(rows_max, total) * k <= workspace_bytes // 4
+    if share:
+        kc, nb, rows_max = _gemm_plan(spec, workspace_bytes - workspace_bytes // 4, workers)
     tgamma1 = tail_gamma(k, kc, 2)
     tgamma2 = tail_gamma(k, kc, 3)
-    og, cg = spec.O // spec.groups, spec.C // spec.groups
+    cg = spec.C // spec.groups
     wmat = w.reshape(k, spec.O)
     chunks = [(c, min(k, c + kc)) for c in range(0, k, kc)]
-    total = spec.N * oh * ow
     # The prediction sample: p1 of _SAMPLE_ROWS x _SAMPLE_COLS in K-chunks of up to _SAMPLE_CHUNK (few BLAS calls).
     sk = int(min(k, max(kc, min(_SAMPLE_CHUNK, workspace_bytes // (workers * 8 * 5 * (_SAMPLE_ROWS + _SAMPLE_COLS))))))
     sample_chunks = [(c, min(k, c + sk)) for c in range(0, k, sk)]
@@ -331,6 +337,7 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     blocks = [(cs, slice(os_.start + c0, os_.start + min(og, c0 + nb))) for _, cs, os_ in group_slices(spec)
               for c0 in range(0, og, nb)]
     tiles = [(blk, m0) for blk in range(len(blocks)) for m0 in range(0, total, rows_max)]
+    none2 = np.empty((1, 1))
     # Tiles larger than 4 samples take one; the blocks' sample columns are copied contiguously on the way
     # (if the copies take at most a quarter of the workspace; else the samples read the weights in place).
     sample_cols = [min(c.stop - c.start, _SAMPLE_COLS) if min(rows_max, total) * (c.stop - c.start)
@@ -345,19 +352,31 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
         sample_w = samples[offsets[blk] : offsets[blk + 1]].reshape(k, sample_cols[blk])
         return eb, sample_w, kern.col_exponents(wmat, blocks[blk][1].start, eb, sample_w)
 
-    def work(first: int) -> ExactStats:
+    def geometry(blk: int) -> tuple:
+        return (oh, ow, spec.KH, spec.KW, blocks[blk][0].start, cg, *spec.stride, *spec.dilation)
+
+    def work(items: list[tuple[int, int]], pre=None) -> ExactStats:
         import numba
 
         numba.set_num_threads(1)
         counts = ExactStats()
         with _scratch.arena() as ws:
-            for blk, m0 in tiles[first::workers]:
+            for blk, m0 in items:
                 cs, cols = blocks[blk]
-                geo = (oh, ow, spec.KH, spec.KW, cs.start, cg, *spec.stride, *spec.dilation)
-                _gemm_tile(kern, ws, xp, wmat, b, geo, beta, k, (chunks, sample_chunks), m0,
+                _gemm_tile(kern, ws, xp, wmat, b, geometry(blk), beta, k, (chunks, sample_chunks), m0,
                            min(total, m0 + rows_max) - m0, *col_exp[blk][:2], (tgamma1, tgamma2), counts,
-                           functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols, y2, bound2)
+                           functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols, y2, bound2, pre)
         return counts
+
+    def split_tile_rows(blk: int, m0: int, st: np.ndarray, pre_chunks: list, lo: int, hi: int) -> None:
+        """Rows lo .. hi of the row tile at m0: exponents, digits of every K-chunk, and their sums."""
+        import numba
+
+        numba.set_num_threads(1)
+        kern.row_exponents(xp, m0 + lo, *geometry(blk), st[lo:hi])
+        for (c, _), (xs, a1, r1) in zip(chunks, pre_chunks):
+            kern.split_rows(xp, m0 + lo, *geometry(blk), beta, c, False, xs[lo:hi], a1[lo:hi], r1[lo:hi], none2,
+                            none2, st[lo:hi], none2)
 
     with _scratch.arena() as main_ws:
         samples = main_ws.array("samples", (int(offsets[-1]),))
@@ -367,7 +386,23 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
             col_exp = list(run(column_exponents, range(len(blocks))))
             if not all(finite for _, _, finite in col_exp):
                 return False
-            parts = list(run(work, range(workers)))
+            if not share:
+                parts = list(run(work, [tiles[first::workers] for first in range(workers)]))
+            else:
+                parts = []
+                per_group = -(-og // nb)
+                for g0 in range(0, len(blocks), per_group):
+                    for m0 in range(0, total, rows_max):
+                        rows = min(total, m0 + rows_max) - m0
+                        st = main_ws.array("pre_st", (rows, _NSTATS))
+                        st.fill(0.0)
+                        pre_chunks = [tuple(main_ws.array(f"pre{i}_{ci}", (rows, c_end - c)) for i in range(3))
+                                      for ci, (c, c_end) in enumerate(chunks)]
+                        cuts = [rows * i // workers for i in range(workers + 1)]
+                        list(pool.map(functools.partial(split_tile_rows, g0, m0, st, pre_chunks), cuts[:-1], cuts[1:]))
+                        mine = [[(blk, m0) for blk in range(g0 + first, g0 + per_group, workers)]
+                                for first in range(workers)]
+                        parts += pool.map(work, mine, [(pre_chunks, st)] * workers)
     for part in parts:
         stats.pair_checks += part.pair_checks
         stats.refined_tiles += part.refined_tiles
@@ -376,19 +411,23 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
 
 
 def _gemm_tile(kern, ws, xp, wmat, b, geo, beta, k, all_chunks, m0, rows, eb, sample_w, tgammas, stats, fallback,
-               cols, y2, bound2) -> None:
+               cols, y2, bound2, pre=None) -> None:
     """One tile of the GEMM path: output rows m0 .. m0 + rows x the columns ``cols`` of wmat (K x O).
 
     ``ws``: the worker's arena; ``all_chunks``: the K-chunks of the levels and of the sample;
     ``eb``: the columns' exponents; ``sample_w``: a contiguous copy of the first columns (the
-    prediction sample's), or empty (then the sample reads them from wmat)."""
+    prediction sample's), or empty (then the sample reads them from wmat); ``pre``: the tile
+    rows' digits per K-chunk and their (unfinished) statistics, if split beforehand."""
     tgamma1, tgamma2 = tgammas
     chunks, sample_chunks = all_chunks
     ncol = cols.stop - cols.start
     has_bias = b is not None
     bias = np.zeros(1) if b is None else np.ascontiguousarray(b[cols])
     ea = np.zeros((rows, _NSTATS))
-    kern.row_exponents(xp, m0, *geo, ea)
+    if pre is None:
+        kern.row_exponents(xp, m0, *geo, ea)
+    else:
+        ea[:, 0], ea[:, 2] = pre[1][:, 0], pre[1][:, 2]  # exponents and lossy flags; the sums start at zero
     level_pass = functools.partial(_level_pass, kern, ws, xp, geo, beta, wmat)
     # Predict from p1 of a small block of rows x columns whether level 1 would leave more than
     # _REFINE_FRACTION undecided; if so, go straight to level 2 (this saves level 1's tail GEMMs).
@@ -398,8 +437,11 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, beta, k, all_chunks, m0, rows, eb, sa
         nr, nj = min(rows, _SAMPLE_ROWS), min(ncol, _SAMPLE_COLS)
         r0 = (rows - nr) // 2
         src, scols = (sample_w, slice(0, nj)) if sample_w.shape[1] else (wmat, slice(cols.start, cols.start + nj))
-        (p1s,), s_a, s_b, _, _ = _level_pass(kern, ws, xp, geo, beta, src, scols, sample_chunks, m0 + r0,
-                                             ea[r0 : r0 + nr], eb[:, :nj], 0)
+        pre_rows = None if pre is None else ([tuple(v[r0 : r0 + nr] for v in vs) for vs in pre[0]],
+                                             pre[1][r0 : r0 + nr])
+        (p1s,), s_a, s_b, _, _ = _level_pass(kern, ws, xp, geo, beta, src, scols,
+                                             sample_chunks if pre is None else chunks, m0 + r0, ea[r0 : r0 + nr],
+                                             eb[:, :nj], 0, pre_rows)
         frac = kern.predict_undecided(p1s, s_a, s_b, bias[:nj] if has_bias else bias, has_bias, k,
                                       tgamma1) / p1s.size
     vals, errb = ws.array("vals", (rows, ncol)), ws.array("errb", (rows, ncol))
@@ -408,7 +450,7 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, beta, k, all_chunks, m0, rows, eb, sa
     decided.fill(False)
     limit = _REFINE_FRACTION * vals.size
     if frac <= _REFINE_FRACTION:  # level 1: p1 + a float tail of relative size 2^-β
-        (p1, t), s_a, s_b, _, _ = level_pass(cols, chunks, m0, ea, eb, 1)
+        (p1, t), s_a, s_b, _, _ = level_pass(cols, chunks, m0, ea, eb, 1, pre)
         kern.combine_level1(p1, t, s_a, s_b, bias, has_bias, k, tgamma1, vals, decided, errb)
         del p1, t
     if np.count_nonzero(~decided) > limit:  # level 2: two more exact GEMMs, a tail of size 2^-2β
@@ -432,13 +474,14 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, beta, k, all_chunks, m0, rows, eb, sa
         bound2[m0 : m0 + rows, cols] = errb
 
 
-def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level):
+def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, pre=None):
     """Digits of im2col rows m0 .. m0 + len(ea) and of the weight columns ``cols`` over all K-chunks, with one
     level's GEMMs.
 
     ``ea`` / ``eb`` hold the row / column exponents and lossy flags (:func:`row_exponents`,
     :func:`col_exponents`); the chunk buffers and products are arrays of the arena ``ws``
-    (the sample's named apart). Level 0 computes p1 only (the prediction sample), level 1
+    (the sample's named apart); ``pre`` (levels 0 and 1): the rows' digits per chunk and their sums, split
+    beforehand. Level 0 computes p1 only (the prediction sample), level 1
     [p1, tail], level 2 [p1, x12, x21, tail2]. The exact digit products are accumulated
     exactly (digit products and their running sums stay below 2^53), the float tail per
     chunk. Returns (products, row stats, column stats, second-digit row and column stats).
@@ -447,18 +490,21 @@ def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level):
     two = level == 2
     k = wmat.shape[0]
     nr, nj = ea.shape[0], cols.stop - cols.start
-    s_a, s_c = ea.copy(), eb.copy()  # exponents and lossy flags; the sums start at zero
+    s_a, s_c = (ea if pre is None else pre[1]).copy(), eb.copy()  # exponents, lossy flags and sums so far
     s2_a, s2_c = (np.zeros((nr, 1)), np.zeros((1, nj))) if two else (none2, none2)
     tag = "sample" if level == 0 else ""
     out = [ws.array(f"{tag}out{i}", (nr, nj)) for i in range((1, 2, 4)[level])]
     tmp = ws.array(f"{tag}tmp", (nr, nj))
-    for c, c_end in chunks:
+    for ci, (c, c_end) in enumerate(chunks):
         width = c_end - c
-        va = [ws.array(f"{tag}a{i}", (nr, width)) for i in range(5 if two else 3)]
         vb = [ws.array(f"{tag}b{i}", (width, nj)) for i in range(4 if two else 2)]
-        xs_a, a1_a, r1_a, a2_a, r2_a = va + [none2] * (5 - len(va))
         a1_b, r1_b, a2_b, r2_b = vb + [none2] * (4 - len(vb))
-        kern.split_rows(xp, m0, *geo, beta, c, two, xs_a, a1_a, r1_a, a2_a, r2_a, s_a, s2_a)
+        if pre is None:
+            va = [ws.array(f"{tag}a{i}", (nr, width)) for i in range(5 if two else 3)]
+            xs_a, a1_a, r1_a, a2_a, r2_a = va + [none2] * (5 - len(va))
+            kern.split_rows(xp, m0, *geo, beta, c, two, xs_a, a1_a, r1_a, a2_a, r2_a, s_a, s2_a)
+        else:
+            (xs_a, a1_a, r1_a), a2_a, r2_a = pre[0][ci], none2, none2
         kern.split_cols(wmat, beta, c, cols.start, two, a1_b, r1_b, a2_b, r2_b, s_c, s2_c)
         exact_prods = [(a1_a, a1_b)] + ([(a1_a, a2_b), (a2_a, a1_b)] if two else [])
         tails = [] if level == 0 else (

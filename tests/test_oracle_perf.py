@@ -325,20 +325,22 @@ def test_scratch_arenas_are_reused_and_capped(monkeypatch):
     from refconv.oracle import _scratch
 
     _scratch.release()
-    with _scratch.arena() as a:
+    with _scratch.arena("worker") as a:
         first = a.array("buf", (100, 10))
         assert a.array("buf", (5, 5)).ctypes.data == first.ctypes.data, "a name keeps its buffer"
         assert a.array("buf", (200, 10)).ctypes.data != first.ctypes.data, "and grows it when needed"
         assert a.array("flags", (3,), bool).dtype == bool
-    with _scratch.arena() as b:
+    with _scratch.arena("caller") as other:
+        assert other is not a, "roles do not share arenas"
+    with _scratch.arena("worker") as b:
         assert b is a, "a returned arena is lent again"
-        with _scratch.arena() as c:
+        with _scratch.arena("worker") as c:
             assert c is not b, "arenas in use are not shared"
     monkeypatch.setattr(_scratch, "KEEP_BYTES", 1000)
     _scratch.release()
-    with _scratch.arena() as d:
+    with _scratch.arena("worker") as d:
         d.array("big", (1000,))
-    with _scratch.arena() as e:
+    with _scratch.arena("worker") as e:
         assert e is not d, "an arena over the cap is dropped, not kept"
     refconv.oracle.release_workspace()
     assert not _scratch._free

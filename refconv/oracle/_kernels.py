@@ -571,11 +571,28 @@ def unscaled_bound(err, ex, pab):
     return unscaled(err, ex, pab) * (1.0 + 2.0**-52) + 2.0**-1074
 
 
-@pjit
-def combine_level1(p1, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, bound):
-    """Decide y = round(p1 + T_exact + bias) per element (scaled units 2^(eA+eB)).
+@jit
+def add_two_sum(hi, lo, x):
+    """(hi, lo) += x elementwise, hi by float addition and its exact error (TwoSum, Knuth) into lo.
 
-    p1 = a1·b1ᵀ is exact; |T - T_exact| ≤ t_gamma·Mij + slack with
+    The level-1 digit products are exact per K-chunk; added this way over the chunks, every
+    error is a multiple of the digit unit and lo sums them exactly, so hi + lo is the exact sum.
+    """
+    for i in range(hi.shape[0]):
+        for j in range(hi.shape[1]):
+            a = hi[i, j]
+            b = x[i, j]
+            s = a + b
+            z = s - a
+            lo[i, j] += (a - (s - z)) + (b - z)
+            hi[i, j] = s
+
+
+@pjit
+def combine_level1(p1, p1lo, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, bound):
+    """Decide y = round(p1 + p1lo + T_exact + bias) per element (scaled units 2^(eA+eB)).
+
+    p1 + p1lo = a1·b1ᵀ exactly (:func:`add_two_sum`); |T - T_exact| ≤ t_gamma·Mij + slack with
     Mij ≥ Σ|xs_A||r1_B| + Σ|r1_A||a1_B| (:func:`tail_mag1`).
     Writes, in the caller's units: ``decided`` and the correctly rounded ``y`` where the
     uncertainty interval rounds to one float64; else y = the level-1 value and
@@ -599,6 +616,7 @@ def combine_level1(p1, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, bound)
             if has_bias:
                 bs, ok = scaled_bias(bias[j], ex, pab, pabi)
             pv = p1[i, j]
+            pl = p1lo[i, j]
             tv = t[i, j]
             s1 = pv + tv
             z = s1 - pv
@@ -606,7 +624,7 @@ def combine_level1(p1, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, bound)
             s2 = s1 + bs
             z = s2 - s1
             e2 = (s1 - (s2 - z)) + (bs - z)
-            corr = e1 + e2
+            corr = (e1 + e2) + pl  # two roundings: at most 2u(1 + u)(|e1| + |e2| + |pl|)
             hi = s2 + corr
             z = hi - s2
             lo = (s2 - (hi - z)) + (corr - z)
@@ -623,7 +641,7 @@ def combine_level1(p1, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, bound)
             yv = unscaled(hi, ex, pab)
             if not math.isfinite(yv) or abs(yv) < 2.0**-1022:
                 continue
-            err = (abs(lo) + t_gamma * mag * infl + slack + 2.0**-53 * (abs(e1) + abs(e2))) * (1.0 + 2.0**-50)
+            err = (abs(lo) + t_gamma * mag * infl + slack + 2.0**-52 * (abs(e1) + abs(e2) + abs(pl))) * (1.0 + 2.0**-50)
             y[i, j] = yv
             bound[i, j] = unscaled_bound(err, ex, pab)
             decided[i, j] = rounds_to(hi, err)
@@ -826,7 +844,7 @@ _NAMESPACE = SimpleNamespace(
     fma=fma, rounds_to=rounds_to, any_nonfinite_bits=any_nonfinite_bits,
     dot2_conv=dot2_any, dot2_general=dot2_conv, dot2_depthwise=dot2_depthwise,
     row_exponents=row_exponents, col_exponents=col_exponents, split_rows=split_rows, split_cols=split_cols,
-    finish_stats=finish_stats, combine_level1=combine_level1,
+    finish_stats=finish_stats, add_two_sum=add_two_sum, combine_level1=combine_level1,
     any_nonzero_term=any_nonzero_term, predict_undecided=predict_undecided, combine_level2=combine_level2,
     pairs_start=pairs_start, pairs_chunk=pairs_chunk, pairs_finish=pairs_finish, certify_direct=certify_direct,
 )

@@ -47,26 +47,30 @@ class Arena:
         return buf[:size].view(dtype).reshape(shape)
 
 
-_free: list[Arena] = []
+_free: dict[str, list[Arena]] = {}
 _lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def arena() -> Iterator[Arena]:
-    """Borrow an arena from the pool (a new one if none is free) for the duration of the block.
+def arena(role: str = "") -> Iterator[Arena]:
+    """Borrow an arena of this ``role`` from the pool (a new one if none is free) for the duration of the block.
 
-    >>> with arena() as a:
+    Roles keep differently used arenas apart (a worker handed the caller's arena would
+    find none of its buffers there and fault all of them in anew).
+
+    >>> with arena("doc") as a:
     ...     a.array("buf", (4,)).size
     4
     """
     with _lock:
-        a = _free.pop() if _free else Arena()
+        free = _free.setdefault(role, [])
+        a = free.pop() if free else Arena()
     try:
         yield a
     finally:
         with _lock:
-            if a.nbytes + sum(f.nbytes for f in _free) <= KEEP_BYTES:
-                _free.append(a)
+            if a.nbytes + sum(f.nbytes for fs in _free.values() for f in fs) <= KEEP_BYTES:
+                _free[role].append(a)
 
 
 def release() -> None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -191,6 +192,17 @@ def gemm_conv(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> bool:
         numba.set_num_threads(workers)
 
 
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """The GEMM path's worker threads, started once per worker count and process (≈ 1 ms per call saved;
+    a forked child, which has none of its parent's threads, starts its own)."""
+    return _pool_for(workers, os.getpid())
+
+
+@functools.cache
+def _pool_for(workers: int, pid: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="refconv-gemm")
+
+
 @functools.cache
 def _blas_controller():
     from threadpoolctl import ThreadpoolController
@@ -315,7 +327,6 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     kern = kernels()
     oh, ow = spec.out_hw
     k = spec.n_terms
-    beta = digit_bits(k)
     kc, nb, rows_max = _gemm_plan(spec, workspace_bytes, workers)
     og = spec.O // spec.groups
     total = spec.N * oh * ow
@@ -326,6 +337,9 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
         kc, nb, rows_max = _gemm_plan(spec, workspace_bytes - workspace_bytes // 4, workers)
     tgamma1 = tail_gamma(k, kc, 2)
     tgamma2 = tail_gamma(k, kc, 3)
+    # Digit widths: level 1 (and the sample) exact per K-chunk, chunk sums added as double-doubles; level 2
+    # exact over all of K (its three exact products are plain sums).
+    betas = digit_bits(kc), digit_bits(k)
     cg = spec.C // spec.groups
     wmat = w.reshape(k, spec.O)
     chunks = [(c, min(k, c + kc)) for c in range(0, k, kc)]
@@ -360,10 +374,10 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
 
         numba.set_num_threads(1)
         counts = ExactStats()
-        with _scratch.arena() as ws:
+        with _scratch.arena("worker") as ws:
             for blk, m0 in items:
                 cs, cols = blocks[blk]
-                _gemm_tile(kern, ws, xp, wmat, b, geometry(blk), beta, k, (chunks, sample_chunks), m0,
+                _gemm_tile(kern, ws, xp, wmat, b, geometry(blk), betas, k, (chunks, sample_chunks), m0,
                            min(total, m0 + rows_max) - m0, *col_exp[blk][:2], (tgamma1, tgamma2), counts,
                            functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols, y2, bound2, pre)
         return counts
@@ -375,34 +389,33 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
         numba.set_num_threads(1)
         kern.row_exponents(xp, m0 + lo, *geometry(blk), st[lo:hi])
         for (c, _), (xs, a1, r1) in zip(chunks, pre_chunks):
-            kern.split_rows(xp, m0 + lo, *geometry(blk), beta, c, False, xs[lo:hi], a1[lo:hi], r1[lo:hi], none2,
+            kern.split_rows(xp, m0 + lo, *geometry(blk), betas[0], c, False, xs[lo:hi], a1[lo:hi], r1[lo:hi], none2,
                             none2, st[lo:hi], none2)
 
-    with _scratch.arena() as main_ws:
+    with _scratch.arena("caller") as main_ws:
         samples = main_ws.array("samples", (int(offsets[-1]),))
-        with contextlib.ExitStack() as stack:
-            pool = stack.enter_context(ThreadPoolExecutor(workers)) if workers > 1 else None
-            run = map if pool is None else pool.map
-            col_exp = list(run(column_exponents, range(len(blocks))))
-            if not all(finite for _, _, finite in col_exp):
-                return False
-            if not share:
-                parts = list(run(work, [tiles[first::workers] for first in range(workers)]))
-            else:
-                parts = []
-                per_group = -(-og // nb)
-                for g0 in range(0, len(blocks), per_group):
-                    for m0 in range(0, total, rows_max):
-                        rows = min(total, m0 + rows_max) - m0
-                        st = main_ws.array("pre_st", (rows, _NSTATS))
-                        st.fill(0.0)
-                        pre_chunks = [tuple(main_ws.array(f"pre{i}_{ci}", (rows, c_end - c)) for i in range(3))
-                                      for ci, (c, c_end) in enumerate(chunks)]
-                        cuts = [rows * i // workers for i in range(workers + 1)]
-                        list(pool.map(functools.partial(split_tile_rows, g0, m0, st, pre_chunks), cuts[:-1], cuts[1:]))
-                        mine = [[(blk, m0) for blk in range(g0 + first, g0 + per_group, workers)]
-                                for first in range(workers)]
-                        parts += pool.map(work, mine, [(pre_chunks, st)] * workers)
+        pool = _worker_pool(workers) if workers > 1 else None
+        run = map if pool is None else pool.map
+        col_exp = list(run(column_exponents, range(len(blocks))))
+        if not all(finite for _, _, finite in col_exp):
+            return False
+        if not share:
+            parts = list(run(work, [tiles[first::workers] for first in range(workers)]))
+        else:
+            parts = []
+            per_group = -(-og // nb)
+            for g0 in range(0, len(blocks), per_group):
+                for m0 in range(0, total, rows_max):
+                    rows = min(total, m0 + rows_max) - m0
+                    st = main_ws.array("pre_st", (rows, _NSTATS))
+                    st.fill(0.0)
+                    pre_chunks = [tuple(main_ws.array(f"pre{i}_{ci}", (rows, c_end - c)) for i in range(3))
+                                  for ci, (c, c_end) in enumerate(chunks)]
+                    cuts = [rows * i // workers for i in range(workers + 1)]
+                    list(pool.map(functools.partial(split_tile_rows, g0, m0, st, pre_chunks), cuts[:-1], cuts[1:]))
+                    mine = [[(blk, m0) for blk in range(g0 + first, g0 + per_group, workers)]
+                            for first in range(workers)]
+                    parts += pool.map(work, mine, [(pre_chunks, st)] * workers)
     for part in parts:
         stats.pair_checks += part.pair_checks
         stats.refined_tiles += part.refined_tiles
@@ -410,7 +423,7 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     return True
 
 
-def _gemm_tile(kern, ws, xp, wmat, b, geo, beta, k, all_chunks, m0, rows, eb, sample_w, tgammas, stats, fallback,
+def _gemm_tile(kern, ws, xp, wmat, b, geo, betas, k, all_chunks, m0, rows, eb, sample_w, tgammas, stats, fallback,
                cols, y2, bound2, pre=None) -> None:
     """One tile of the GEMM path: output rows m0 .. m0 + rows x the columns ``cols`` of wmat (K x O).
 
@@ -428,7 +441,8 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, beta, k, all_chunks, m0, rows, eb, sa
         kern.row_exponents(xp, m0, *geo, ea)
     else:
         ea[:, 0], ea[:, 2] = pre[1][:, 0], pre[1][:, 2]  # exponents and lossy flags; the sums start at zero
-    level_pass = functools.partial(_level_pass, kern, ws, xp, geo, beta, wmat)
+    beta1, beta2 = betas
+    level_pass = functools.partial(_level_pass, kern, ws, xp, geo)
     # Predict from p1 of a small block of rows x columns whether level 1 would leave more than
     # _REFINE_FRACTION undecided; if so, go straight to level 2 (this saves level 1's tail GEMMs).
     # (Small tiles just try level 1.)
@@ -439,7 +453,7 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, beta, k, all_chunks, m0, rows, eb, sa
         src, scols = (sample_w, slice(0, nj)) if sample_w.shape[1] else (wmat, slice(cols.start, cols.start + nj))
         pre_rows = None if pre is None else ([tuple(v[r0 : r0 + nr] for v in vs) for vs in pre[0]],
                                              pre[1][r0 : r0 + nr])
-        (p1s,), s_a, s_b, _, _ = _level_pass(kern, ws, xp, geo, beta, src, scols,
+        (p1s,), s_a, s_b, _, _ = _level_pass(kern, ws, xp, geo, beta1, src, scols,
                                              sample_chunks if pre is None else chunks, m0 + r0, ea[r0 : r0 + nr],
                                              eb[:, :nj], 0, pre_rows)
         frac = kern.predict_undecided(p1s, s_a, s_b, bias[:nj] if has_bias else bias, has_bias, k,
@@ -450,12 +464,12 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, beta, k, all_chunks, m0, rows, eb, sa
     decided.fill(False)
     limit = _REFINE_FRACTION * vals.size
     if frac <= _REFINE_FRACTION:  # level 1: p1 + a float tail of relative size 2^-β
-        (p1, t), s_a, s_b, _, _ = level_pass(cols, chunks, m0, ea, eb, 1, pre)
-        kern.combine_level1(p1, t, s_a, s_b, bias, has_bias, k, tgamma1, vals, decided, errb)
-        del p1, t
+        (p1, p1lo, t), s_a, s_b, _, _ = level_pass(beta1, wmat, cols, chunks, m0, ea, eb, 1, pre)
+        kern.combine_level1(p1, p1lo, t, s_a, s_b, bias, has_bias, k, tgamma1, vals, decided, errb)
+        del p1, p1lo, t
     if np.count_nonzero(~decided) > limit:  # level 2: two more exact GEMMs, a tail of size 2^-2β
         stats.refined_tiles += 1
-        (p1, x12, x21, t2), s_a, s_b, s2_a, s2_b = level_pass(cols, chunks, m0, ea, eb, 2)
+        (p1, x12, x21, t2), s_a, s_b, s2_a, s2_b = level_pass(beta2, wmat, cols, chunks, m0, ea, eb, 2)
         vals2, errb2 = ws.array("vals2", vals.shape), ws.array("errb2", vals.shape)
         dec2 = ws.array("decided2", vals.shape, bool)
         kern.combine_level2(p1, x12, x21, t2, s_a, s_b, s2_a, s2_b, bias, has_bias, k, tgamma2,
@@ -495,6 +509,8 @@ def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, 
     tag = "sample" if level == 0 else ""
     out = [ws.array(f"{tag}out{i}", (nr, nj)) for i in range((1, 2, 4)[level])]
     tmp = ws.array(f"{tag}tmp", (nr, nj))
+    p1lo = ws.array("p1lo", (nr, nj)) if level == 1 else none2
+    p1lo.fill(0.0)
     for ci, (c, c_end) in enumerate(chunks):
         width = c_end - c
         vb = [ws.array(f"{tag}b{i}", (width, nj)) for i in range(4 if two else 2)]
@@ -512,7 +528,11 @@ def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, 
         first = c == 0
         for acc, (fa, fb) in zip(out, exact_prods):
             np.matmul(fa, fb, out=acc if first else tmp)  # (the arena's arrays are not zeroed)
-            if not first:
+            if first:
+                continue
+            if level == 1:  # exact per chunk only: keep the sum exact as a pair
+                kern.add_two_sum(acc, p1lo, tmp)
+            else:
                 acc += tmp
         for q, (fa, fb) in enumerate(tails):
             np.matmul(fa, fb, out=out[-1] if first and q == 0 else tmp)
@@ -525,6 +545,8 @@ def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, 
     if two:
         for st in (s2_a, s2_b):
             kern.finish_stats(st, k, (0,))
+    if level == 1:
+        out.insert(1, p1lo)
     return out, s_a, s_b, s2_a, s2_b
 
 

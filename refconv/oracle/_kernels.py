@@ -389,17 +389,16 @@ def split_rows(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, beta, c, two, xs,
 
     Row r is scaled by 2^-e (e = st[r, 0], from :func:`row_exponents`; exact unless
     below 2^-1022) to xs, rounded to β fractional bits a1 = digit(xs) (|a1| ≤ 1, so
-    K products of two such digits sum exactly in float64) and r1 = xs - a1 (|r1| ≤ 2^-β-1).
-    Accumulates the statistics st[r, 1] = Σ|r1| and st[r, 3:6] = Σxs², Σr1², Σa1² (finish
-    with :func:`finish_stats`). With ``two`` also the second digit a2 = digit(r1) at 2β
-    bits, r2 = r1 - a2, and st2[r, 0] = Σ|r2|. Chunks are taken in K order, so the sums
-    do not depend on the chunk size.
+    2^(53-2β) products of two such digits sum exactly in float64) and r1 = xs - a1
+    (|r1| ≤ 2^-β-1). Accumulates the statistics st[r, 1] = Σ|r1|, st[r, 3] = Σxs² and
+    st[r, 4] = Σr1² (finish with :func:`finish_stats`). With ``two`` also the second
+    digit a2 = digit(r1) at 2β bits, r2 = r1 - a2, and st2[r, 0] = Σ|r2|.
     """
     cc = 1.5 * 2.0 ** (52 - beta)
     cc2 = 1.5 * 2.0 ** (52 - 2 * beta)
     for r in range(xs.shape[0]):
         im2col_chunk(xp, m0 + r, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, c, int(st[r, 0]), xs[r])
-        s1, s5, s6, s7 = st[r, 1], st[r, 3], st[r, 4], st[r, 5]
+        s1, s5, s6 = st[r, 1], st[r, 3], st[r, 4]  # (the rows' Σa1² is not needed: see tail_mag1)
         t1 = st2[r, 0] if two else 0.0
         for q in range(xs.shape[1]):
             vs = xs[r, q]
@@ -410,13 +409,12 @@ def split_rows(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, beta, c, two, xs,
             s1 += abs(rr)
             s5 += vs * vs
             s6 += rr * rr
-            s7 += d * d
             if two:
                 d2 = digit(rr, cc2)
                 a2[r, q] = d2
                 r2[r, q] = rr - d2
                 t1 += abs(rr - d2)
-        st[r, 1], st[r, 3], st[r, 4], st[r, 5] = s1, s5, s6, s7
+        st[r, 1], st[r, 3], st[r, 4] = s1, s5, s6
         if two:
             st2[r, 0] = t1
 
@@ -426,9 +424,10 @@ def split_cols(mat, beta, c, j0, two, a1, r1, a2, r2, stc, st2c):
     """:func:`split_rows` for rows c .. c + a1.shape[0], columns j0 .. j0 + a1.shape[1] of a (K, N) matrix
     (one K-chunk of a column block).
 
-    Same digits and statistics; statistics are column-major here (stc[q, j],
-    st2c[0, j]; stc[0] = the exponents from :func:`col_exponents`) so that the loops
-    over columns vectorize.
+    Same digits; the statistics are Σ|r1|, Σr1² and Σa1² (stc[1], stc[4], stc[5]: the
+    bounds of :func:`tail_mag1` pair the rows' Σxs² with the columns' Σr1², and the rows'
+    Σr1² with the columns' Σa1²), column-major (stc[q, j], st2c[0, j]; stc[0] = the
+    exponents from :func:`col_exponents`) so that the loops over columns vectorize.
     """
     ncols = a1.shape[1]
     cc = 1.5 * 2.0 ** (52 - beta)
@@ -441,7 +440,7 @@ def split_cols(mat, beta, c, j0, two, a1, r1, a2, r2, stc, st2c):
             scale[j] = math.ldexp(1.0, -e)
         else:
             slow = True
-    s1, s5, s6, s7 = stc[1], stc[3], stc[4], stc[5]
+    s1, s6, s7 = stc[1], stc[4], stc[5]  # (the columns' Σxs² is not needed: see tail_mag1)
     t1 = st2c[0]
     nq = a1.shape[0]
     n4 = nq - nq % 4
@@ -456,7 +455,6 @@ def split_cols(mat, beta, c, j0, two, a1, r1, a2, r2, stc, st2c):
             a1[q, j], a1[q + 1, j], a1[q + 2, j], a1[q + 3, j] = d0, d1, d2, d3
             r1[q, j], r1[q + 1, j], r1[q + 2, j], r1[q + 3, j] = e0, e1, e2, e3
             s1[j] += (abs(e0) + abs(e1)) + (abs(e2) + abs(e3))
-            s5[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
             s6[j] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)
             s7[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
     for q in range(n4, nq):
@@ -468,7 +466,6 @@ def split_cols(mat, beta, c, j0, two, a1, r1, a2, r2, stc, st2c):
             a1[q, j] = d
             r1[q, j] = rr
             s1[j] += abs(rr)
-            s5[j] += vs * vs
             s6[j] += rr * rr
             s7[j] += d * d
     if two:
@@ -491,7 +488,6 @@ def split_cols(mat, beta, c, j0, two, a1, r1, a2, r2, stc, st2c):
                 a1[q, j] = d
                 r1[q, j] = rr
                 s1[j] += abs(rr)
-                s5[j] += vs * vs
                 s6[j] += rr * rr
                 s7[j] += d * d
                 if two:

@@ -7,31 +7,41 @@ two (max |·| in [0.5, 1)) and split (Ozaki, Ogita, Oishi, Rump, Numer. Algorith
 59, 2012) into digits rounded to β fractional bits:
 
     A·2^-e = a1 + r1,   a1 = round(A·2^-e, β bits),  |a1| ≤ 1,  |r1| ≤ 2^-β-1,
-    β = ⌊(53 - ⌈log2 K⌉) / 2⌋,
 
-so a1 @ b1 is a sum of K integers of magnitude ≤ 2^(2β) (units 2^-2β) and float64
-GEMM computes it *exactly* in any summation order, also when accumulated over
-K-chunks. Everything streams over K-chunks of 512 (:data:`_CHUNK`): each chunk of
-A and B is split into small buffers that stay in cache and fed to BLAS at once, so
-no K x N copy of the weights is made.
+so a1 @ b1 over n terms is a sum of n integers of magnitude ≤ 2^(2β) (units 2^-2β),
+which float64 GEMM computes *exactly* in any summation order when n·2^(2β) ≤ 2^53.
+Everything streams over K-chunks of 512 (:data:`_CHUNK`): each chunk of A and B is
+split into small buffers that stay in cache and fed to BLAS at once, so no K x N
+copy of the weights is made.
 
-* Level 1 (3 GEMMs): the exact p1 = a1 @ b1 plus the float tail
-  T = A_s @ r1_B + r1_A @ a1_B (relative size 2^-β), whose rigorous bound is
+* Level 1 (3 GEMMs): digits of β1 = ⌊(53 - ⌈log2 512⌉) / 2⌋ = 22 bits, so each
+  chunk's p1 = a1 @ b1 is exact and the chunk sums are added by TwoSum into a pair
+  (hi, lo) that holds p1 exactly (:func:`refconv.oracle._kernels.add_two_sum`; the
+  errors are multiples of 2^-2β1, which lo sums exactly). The float tail
+  T = A_s @ r1_B + r1_A @ a1_B (relative size 2^-β1) has the rigorous bound
   γ_(512 + 2K/512)·M (:func:`tail_gamma`, Higham 2002 eq. 3.5 and §4.2) with
   M ≥ Σ|A_s||r1_B| + Σ|r1_A||a1_B| from per-row and per-column sums (Σ|r1|, and
-  Cauchy–Schwarz on Σxs², Σr1², Σa1²). p1, T and the bias are added by TwoSum; an
-  element is *decided* when its whole uncertainty interval rounds to one float64.
-* Level 2 (6 GEMMs): the remainders are split once more (a2 with 2β bits);
-  exact a1@b1, a1@b2, a2@b1 plus a float tail of relative size 2^-2β. A tile goes
-  straight to level 2 when p1 of a 32 x 16 sample predicts that level 1 would leave
-  more than 5 % undecided (cancelling sums: normal data at K ≈ 6400 leaves ≈ 40 %),
-  and after level 1 when it actually did.
+  Cauchy–Schwarz on the rows' Σxs², Σr1² and the columns' Σr1², Σa1²). p1, T and the
+  bias are added by TwoSum; an element is *decided* when its whole uncertainty
+  interval rounds to one float64.
+* Level 2 (6 GEMMs): digits of β2 = ⌊(53 - ⌈log2 K⌉) / 2⌋ bits (exact over all of K),
+  the remainders split once more (a2 with 2β2 bits); exact a1@b1, a1@b2, a2@b1 plus
+  a float tail of relative size 2^-2β2. A tile goes straight to level 2 when p1 of
+  a 32 x 16 sample predicts that level 1 would leave more than 5 % undecided
+  (cancelling sums: normal data at K ≈ 6400 leave ≈ 40 %), and after level 1 when
+  it actually did.
 * What the levels leave undecided is re-checked by a certified Numba Dot2 of the
   scaled row and column, and only what that cannot decide (near a rounding
   midpoint, extreme cancellation, subnormal or overflowing results, bias that does
   not scale exactly) goes to the exact integer dot product
   (:func:`refconv.oracle._exactsum.exact_dot`). Rows or columns whose scaling may
   round (values 2^1022 below their maximum) are flagged and never read as an exact zero.
+
+**Threads** (:func:`gemm_conv`): tiles (a block of output rows x a block of
+output channels) run on ``numba.get_num_threads()`` worker threads, each calling
+BLAS single-threaded (:func:`single_threaded_blas`); a row tile shared by several
+column blocks has its rows split once, in parallel. The chunk buffers and tile
+arrays are reused across calls (:mod:`refconv.oracle._scratch`).
 
 **Direct path** (depthwise and other convs with < 16 output channels per group
 or < 16 terms): the vectorized Numba Dot2 kernel of the "kahan" method gives
@@ -40,7 +50,9 @@ dot product. All-zero windows are recognized exactly.
 
 Both paths are correctly rounded (so bitwise reproducible for any thread count);
 they differ only in speed. Memory: the inputs, weights and output plus at most
-``workspace_bytes`` (chunk buffers and tiles of output rows of at most 32 MiB).
+``workspace_bytes`` (chunk buffers, tiles of output rows of at most 32 MiB per
+worker, a row tile's digits when shared); at most 128 MiB of it stay allocated
+between calls (:func:`refconv.oracle.release_workspace` frees them).
 """
 
 from __future__ import annotations
@@ -149,7 +161,7 @@ def tail_gamma(k: int, kb: int, gemms: int = 2) -> float:
 
 
 _NSTATS = 6  # statistics per split row/column (see refconv.oracle._kernels.split_rows)
-_CHUNK = 512  # K-chunk of the level-1 tail GEMMs: bound γ_(512+2K/512); few BLAS calls (each syncs threads)
+_CHUNK = 512  # K-chunk of the GEMMs: level-1 digits exact per chunk; tail bound γ_(512+2K/512)
 _TILE_BYTES = 32 * 2**20  # per-tile buffers of the GEMM path, within the workspace
 _SAMPLE_ROWS, _SAMPLE_COLS, _SAMPLE_CHUNK = 32, 16, 4096  # the block whose p1 predicts a tile's level
 _REFINE_FRACTION = 0.05  # above this (predicted or actual) undecided share a tile uses the two-digit level

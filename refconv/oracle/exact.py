@@ -492,7 +492,10 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, betas, k, all_chunks, m0, rows, eb, s
         decided |= dec2
     kahan = bound2 is not None
     if kahan:  # correctly rounded: half an ulp (a bound that does not depend on BLAS's order)
-        errb[decided] = np.spacing(np.abs(vals[decided])) / 2
+        half_ulp = ws.array("half_ulp", vals.shape)
+        np.spacing(np.abs(vals, out=half_ulp), out=half_ulp)
+        half_ulp *= 0.5
+        np.copyto(errb, half_ulp, where=decided)
     _finish_pairs(kern, xp, m0, geo, wmat, chunks, s_a, s_b, bias, has_bias, decided, vals, errb, kahan,
                   stats, fallback, cols.start)
     y2[m0 : m0 + rows, cols] = vals

@@ -568,27 +568,36 @@ def unscaled_bound(err, ex, pab):
 
 
 @jit
-def add_two_sum(hi, lo, x):
-    """(hi, lo) += x elementwise, hi by float addition and its exact error (TwoSum, Knuth) into lo.
+def accumulate_level1(first, p1, p1lo, t, prod, t1, t2):
+    """One K-chunk of level 1 in one pass: (p1, p1lo) += prod and t += t1 + t2 (``first``: start the sums).
 
-    The level-1 digit products are exact per K-chunk; added this way over the chunks, every
-    error is a multiple of the digit unit and lo sums them exactly, so hi + lo is the exact sum.
+    p1 by float addition and its exact error (TwoSum, Knuth) into p1lo: the chunks' digit products
+    are exact, every error is a multiple of the digit unit and p1lo sums them exactly, so p1 + p1lo
+    is the exact sum. The tail's chunk results are summed as a tree, which the bound of
+    :func:`refconv.oracle.exact.tail_gamma` covers (any order of the 2⌈K/kc⌉ chunk results).
     """
-    for i in range(hi.shape[0]):
-        for j in range(hi.shape[1]):
-            a = hi[i, j]
-            b = x[i, j]
+    for i in range(p1.shape[0]):
+        for j in range(p1.shape[1]):
+            tt = t1[i, j] + t2[i, j]
+            if first:
+                p1[i, j] = prod[i, j]
+                p1lo[i, j] = 0.0
+                t[i, j] = tt
+                continue
+            a = p1[i, j]
+            b = prod[i, j]
             s = a + b
             z = s - a
-            lo[i, j] += (a - (s - z)) + (b - z)
-            hi[i, j] = s
+            p1lo[i, j] += (a - (s - z)) + (b - z)
+            p1[i, j] = s
+            t[i, j] += tt
 
 
 @pjit
 def combine_level1(p1, p1lo, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, bound):
     """Decide y = round(p1 + p1lo + T_exact + bias) per element (scaled units 2^(eA+eB)).
 
-    p1 + p1lo = a1·b1ᵀ exactly (:func:`add_two_sum`); |T - T_exact| ≤ t_gamma·Mij + slack with
+    p1 + p1lo = a1·b1ᵀ exactly (:func:`accumulate_level1`); |T - T_exact| ≤ t_gamma·Mij + slack with
     Mij ≥ Σ|xs_A||r1_B| + Σ|r1_A||a1_B| (:func:`tail_mag1`).
     Writes, in the caller's units: ``decided`` and the correctly rounded ``y`` where the
     uncertainty interval rounds to one float64; else y = the level-1 value and
@@ -840,7 +849,7 @@ _NAMESPACE = SimpleNamespace(
     fma=fma, rounds_to=rounds_to, any_nonfinite_bits=any_nonfinite_bits,
     dot2_conv=dot2_any, dot2_general=dot2_conv, dot2_depthwise=dot2_depthwise,
     row_exponents=row_exponents, col_exponents=col_exponents, split_rows=split_rows, split_cols=split_cols,
-    finish_stats=finish_stats, add_two_sum=add_two_sum, combine_level1=combine_level1,
+    finish_stats=finish_stats, accumulate_level1=accumulate_level1, combine_level1=combine_level1,
     any_nonzero_term=any_nonzero_term, predict_undecided=predict_undecided, combine_level2=combine_level2,
     pairs_start=pairs_start, pairs_chunk=pairs_chunk, pairs_finish=pairs_finish, certify_direct=certify_direct,
 )

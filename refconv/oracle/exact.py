@@ -16,7 +16,7 @@ copy of the weights is made.
 
 * Level 1 (3 GEMMs): digits of β1 = ⌊(53 - ⌈log2 512⌉) / 2⌋ = 22 bits, so each
   chunk's p1 = a1 @ b1 is exact and the chunk sums are added by TwoSum into a pair
-  (hi, lo) that holds p1 exactly (:func:`refconv.oracle._kernels.add_two_sum`; the
+  (hi, lo) that holds p1 exactly (:func:`refconv.oracle._kernels.accumulate_level1`; the
   errors are multiples of 2^-2β1, which lo sums exactly). The float tail
   T = A_s @ r1_B + r1_A @ a1_B (relative size 2^-β1) has the rigorous bound
   γ_(512 + 2K/512)·M (:func:`tail_gamma`, Higham 2002 eq. 3.5 and §4.2) with
@@ -524,8 +524,8 @@ def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, 
     tag = "sample" if level == 0 else ""
     out = [ws.array(f"{tag}out{i}", (nr, nj)) for i in range((1, 2, 4)[level])]
     tmp = ws.array(f"{tag}tmp", (nr, nj))
-    p1lo = ws.array("p1lo", (nr, nj)) if level == 1 else none2
-    p1lo.fill(0.0)
+    p1lo, tmp1, tmp2 = ((ws.array(name, (nr, nj)) for name in ("p1lo", "tmp1", "tmp2")) if level == 1
+                        else (none2, none2, none2))
     for ci, (c, c_end) in enumerate(chunks):
         width = c_end - c
         vb = [ws.array(f"{tag}b{i}", (width, nj)) for i in range(4 if two else 2)]
@@ -541,13 +541,14 @@ def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, 
         tails = [] if level == 0 else (
             [(a1_a, r2_b), (r1_a, r1_b), (r2_a, a1_b)] if two else [(xs_a, r1_b), (r1_a, a1_b)])
         first = c == 0
+        if level == 1:  # p1 exact per chunk only: kept exact as a pair (p1, p1lo)
+            for dest, (fa, fb) in zip((tmp, tmp1, tmp2), exact_prods + tails):
+                np.matmul(fa, fb, out=dest)
+            kern.accumulate_level1(first, out[0], p1lo, out[1], tmp, tmp1, tmp2)
+            continue
         for acc, (fa, fb) in zip(out, exact_prods):
             np.matmul(fa, fb, out=acc if first else tmp)  # (the arena's arrays are not zeroed)
-            if first:
-                continue
-            if level == 1:  # exact per chunk only: keep the sum exact as a pair
-                kern.add_two_sum(acc, p1lo, tmp)
-            else:
+            if not first:
                 acc += tmp
         for q, (fa, fb) in enumerate(tails):
             np.matmul(fa, fb, out=out[-1] if first and q == 0 else tmp)

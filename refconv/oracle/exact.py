@@ -28,7 +28,7 @@ copy of the weights is made.
   the remainders split once more (a2 with 2β2 bits); exact a1@b1, a1@b2, a2@b1 plus
   a float tail of relative size 2^-2β2. A tile goes straight to level 2 when p1 of
   a 32 x 16 sample predicts that level 1 would leave more than 5 % undecided
-  (cancelling sums: normal data at K ≈ 6400 leave ≈ 40 %), and after level 1 when
+  (cancelling sums: normal data at K ≈ 6400 leave ≈ 15 %), and after level 1 when
   it actually did.
 * What the levels leave undecided is re-checked by a certified Numba Dot2 of the
   scaled row and column, and only what that cannot decide (near a rounding

@@ -57,6 +57,7 @@ between calls (:func:`refconv.oracle.release_workspace` frees them).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -204,6 +205,14 @@ def gemm_conv(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> bool:
         numba.set_num_threads(workers)
 
 
+def _run_all(pool: ThreadPoolExecutor, fn, *iterables) -> list:
+    """``list(pool.map(fn, ...))``, but returning (or raising the first error) only once every call has
+    finished, so that no worker still uses the caller's buffers after it has moved on."""
+    futures = [pool.submit(fn, *args) for args in zip(*iterables)]
+    concurrent.futures.wait(futures)
+    return [f.result() for f in futures]
+
+
 def _worker_pool(workers: int) -> ThreadPoolExecutor:
     """The GEMM path's worker threads, started once per worker count and process (≈ 1 ms per call saved;
     a forked child, which has none of its parent's threads, starts its own)."""
@@ -344,9 +353,12 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     total = spec.N * oh * ow
     # With at least one column block per worker in each group, the workers share each row tile: its rows are
     # split once (in parallel, at most a quarter of the workspace), then its column blocks are dealt out.
-    share = workers > 1 and -(-og // nb) >= workers and 24 * min(rows_max, total) * k <= workspace_bytes // 4
-    if share:
-        kc, nb, rows_max = _gemm_plan(spec, workspace_bytes - workspace_bytes // 4, workers)
+    share = False
+    if workers > 1 and -(-og // nb) >= workers and 24 * min(rows_max, total) * k <= workspace_bytes // 4:
+        shared_plan = _gemm_plan(spec, workspace_bytes - workspace_bytes // 4, workers)
+        share = -(-og // shared_plan[1]) >= workers
+        if share:
+            kc, nb, rows_max = shared_plan
     tgamma1 = tail_gamma(k, kc, 2)
     tgamma2 = tail_gamma(k, kc, 3)
     # Digit widths: level 1 (and the sample) exact per K-chunk, chunk sums added as double-doubles; level 2
@@ -406,8 +418,7 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
 
     with _scratch.arena("caller") as main_ws:
         samples = main_ws.array("samples", (int(offsets[-1]),))
-        pool = _worker_pool(workers) if workers > 1 else None
-        run = map if pool is None else pool.map
+        run = map if workers == 1 else functools.partial(_run_all, _worker_pool(workers))
         col_exp = list(run(column_exponents, range(len(blocks))))
         if not all(finite for _, _, finite in col_exp):
             return False
@@ -424,10 +435,10 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                     pre_chunks = [tuple(main_ws.array(f"pre{i}_{ci}", (rows, c_end - c)) for i in range(3))
                                   for ci, (c, c_end) in enumerate(chunks)]
                     cuts = [rows * i // workers for i in range(workers + 1)]
-                    list(pool.map(functools.partial(split_tile_rows, g0, m0, st, pre_chunks), cuts[:-1], cuts[1:]))
+                    run(functools.partial(split_tile_rows, g0, m0, st, pre_chunks), cuts[:-1], cuts[1:])
                     mine = [[(blk, m0) for blk in range(g0 + first, g0 + per_group, workers)]
                             for first in range(workers)]
-                    parts += pool.map(work, mine, [(pre_chunks, st)] * workers)
+                    parts += run(work, mine, [(pre_chunks, st)] * workers)
     for part in parts:
         stats.pair_checks += part.pair_checks
         stats.refined_tiles += part.refined_tiles

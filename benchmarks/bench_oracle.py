@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="seed shape only")
     ap.add_argument("--shapes", nargs="*", choices=sorted(SHAPES), help="shapes to run (default: all)")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip", nargs="*", default=[], help="columns to skip: tf jax onnx.ref mpmath")
     ap.add_argument("--json", help="also write the raw rows here")
     ap.add_argument("--threads", help="thread count for every library (set before they load)")

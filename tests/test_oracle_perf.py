@@ -319,6 +319,27 @@ def test_blas_limit_is_scoped():
         assert inside and all(n == 1 for _, n in inside), inside
     with exact_mod.single_threaded_blas(wanted=False) as limited:
         assert not limited and blas_threads() == before
+    # Overlapping blocks (two threads), left in the other order than entered: the count comes back anyway.
+    import threading
+
+    entered, leave_first = threading.Barrier(2), threading.Event()
+
+    def first():
+        with exact_mod.single_threaded_blas():
+            entered.wait()
+        leave_first.set()
+
+    def second():
+        with exact_mod.single_threaded_blas():
+            entered.wait()
+            leave_first.wait()
+
+    threads = [threading.Thread(target=f) for f in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert blas_threads() == before, "overlapping limits must not leave BLAS single-threaded"
 
 
 def test_scratch_arenas_are_reused_and_capped(monkeypatch):

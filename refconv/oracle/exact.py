@@ -62,6 +62,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -239,15 +240,17 @@ def single_threaded_blas(wanted: bool = True) -> Iterator[bool]:
     GEMMs, certification) on parallel worker threads, each calling BLAS on itself: on the seed
     shape's skinny products (128 x 6400 x 512) two such threads are 1.8x faster than OpenBLAS's
     two threads on one product (measured 14.8 vs 26.9 ms; OpenBLAS gained nothing from its second
-    thread there), and no BLAS thread spin-waits on a core that a worker needs. The previous
-    thread count is restored on exit (process-wide: a concurrent caller's BLAS runs single-threaded
-    meanwhile). Yields False, changing nothing, when not ``wanted`` or when threadpoolctl finds no
-    BLAS it can control.
+    thread there), and no BLAS thread spin-waits on a core that a worker needs. The limit is
+    process-wide and counted: the first of overlapping blocks (calls from several threads) sets it,
+    the last one out restores the thread count found by the first (a concurrent caller's BLAS
+    runs single-threaded meanwhile). Yields False, changing nothing, when not ``wanted`` or when
+    threadpoolctl finds no BLAS it can control.
 
     >>> with single_threaded_blas() as limited:
     ...     isinstance(limited, bool)
     True
     """
+    global _blas_users, _blas_limiter
     try:
         ctl = _blas_controller() if wanted else None
     except ImportError:
@@ -255,8 +258,23 @@ def single_threaded_blas(wanted: bool = True) -> Iterator[bool]:
     if not ctl or not ctl.lib_controllers:
         yield False
         return
-    with ctl.limit(limits=1):
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = ctl.limit(limits=1)  # applied now; restore_original_limits() undoes it
+        _blas_users += 1
+    try:
         yield True
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0  # blocks inside single_threaded_blas, in all threads
+_blas_limiter = None
 
 
 def _exact_fallback(xp, wmat, b, spec, cs, n, oi, oj, col) -> float:

@@ -160,7 +160,8 @@ def dot2_conv(xp, w, b, has_bias, sh, sw, dh, dw, groups, oh, ow, hi_out, lo_out
         for a in range(kh):
             r = i * sh + a * dh
             for bb in range(kw):
-                for ci in range(0, c8, 8):
+                for ci in range(0, c8, 8):  # unrolled by hand: a loop over the 8 taps (array or tuple)
+                    # measured 1.4-1.5x slower, the 8 inputs no longer stay in registers
                     for jj in range(nj):
                         c = (j0 + jj) * sw + bb * dw
                         x0 = xp[n, r, c, xc + ci]

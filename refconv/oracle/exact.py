@@ -429,10 +429,11 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
         import numba
 
         numba.set_num_threads(1)
-        kern.row_exponents(xp, m0 + lo, *geometry(blk), st[lo:hi])
+        geo = geometry(blk)
+        kern.row_exponents(xp, m0 + lo, *geo, st[lo:hi])
         for (c, _), (xs, a1, r1) in zip(chunks, pre_chunks):
-            kern.split_rows(xp, m0 + lo, *geometry(blk), betas[0], c, False, xs[lo:hi], a1[lo:hi], r1[lo:hi], none2,
-                            none2, st[lo:hi], none2)
+            kern.split_rows(xp, m0 + lo, *geo, betas[0], c, False, xs[lo:hi], a1[lo:hi], r1[lo:hi], none2, none2,
+                            st[lo:hi], none2)
 
     with _scratch.arena("caller") as main_ws:
         samples = main_ws.array("samples", (int(offsets[-1]),))
@@ -494,9 +495,8 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, betas, k, all_chunks, m0, rows, eb, s
         src, scols = (sample_w, slice(0, nj)) if sample_w.shape[1] else (wmat, slice(cols.start, cols.start + nj))
         pre_rows = None if pre is None else ([tuple(v[r0 : r0 + nr] for v in vs) for vs in pre[0]],
                                              pre[1][r0 : r0 + nr])
-        (p1s,), s_a, s_b, _, _ = _level_pass(kern, ws, xp, geo, beta1, src, scols,
-                                             sample_chunks if pre is None else chunks, m0 + r0, ea[r0 : r0 + nr],
-                                             eb[:, :nj], 0, pre_rows)
+        (p1s,), s_a, s_b, _, _ = level_pass(beta1, src, scols, sample_chunks if pre is None else chunks, m0 + r0,
+                                            ea[r0 : r0 + nr], eb[:, :nj], 0, pre_rows)
         frac = kern.predict_undecided(p1s, s_a, s_b, bias[:nj] if has_bias else bias, has_bias, k,
                                       tgamma1) / p1s.size
     vals, errb = ws.array("vals", (rows, ncol)), ws.array("errb", (rows, ncol))

@@ -594,6 +594,25 @@ def accumulate_level1(first, p1, p1lo, t, prod, t1, t2):
             t[i, j] += tt
 
 
+@jit
+def merge_level1(p1, p1lo, t, q1, q1lo, qt):
+    """(p1, p1lo) += (q1, q1lo) and t += qt: level-1 sums of disjoint sets of K-chunks (by several workers).
+
+    Exact like :func:`accumulate_level1`: p1, q1 and the TwoSum error are multiples of the
+    digit unit 2^-2β, and p1lo + q1lo + error (each far below 2^53 units) sums exactly. The
+    tails' partial sums join the tree that :func:`refconv.oracle.exact.tail_gamma` bounds.
+    """
+    for i in range(p1.shape[0]):
+        for j in range(p1.shape[1]):
+            a = p1[i, j]
+            b = q1[i, j]
+            s = a + b
+            z = s - a
+            p1lo[i, j] += q1lo[i, j] + ((a - (s - z)) + (b - z))
+            p1[i, j] = s
+            t[i, j] += qt[i, j]
+
+
 @pjit
 def combine_level1(p1, p1lo, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, bound):
     """Decide y = round(p1 + p1lo + T_exact + bias) per element (scaled units 2^(eA+eB)).
@@ -852,6 +871,7 @@ _NAMESPACE = SimpleNamespace(
     row_exponents=row_exponents, col_exponents=col_exponents, split_rows=split_rows, split_cols=split_cols,
     finish_stats=finish_stats, accumulate_level1=accumulate_level1, combine_level1=combine_level1,
     any_nonzero_term=any_nonzero_term, predict_undecided=predict_undecided, combine_level2=combine_level2,
+    merge_level1=merge_level1,
     pairs_start=pairs_start, pairs_chunk=pairs_chunk, pairs_finish=pairs_finish, certify_direct=certify_direct,
 )
 

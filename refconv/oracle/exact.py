@@ -163,9 +163,10 @@ def tail_gamma(k: int, kb: int, gemms: int = 2) -> float:
 
 
 _NSTATS = 6  # statistics per split row/column (see refconv.oracle._kernels.split_rows)
+_SUM_STATS = [1, 3, 4, 5]  # those that are sums (0: the exponent, 2: the lossy flag)
 _CHUNK = 512  # K-chunk of the GEMMs: level-1 digits exact per chunk; tail bound γ_(512+2K/512)
 _TILE_BYTES = 32 * 2**20  # per-tile buffers of the GEMM path, within the workspace
-_SAMPLE_ROWS, _SAMPLE_COLS, _SAMPLE_CHUNK = 32, 16, 4096  # the block whose p1 predicts a tile's level
+_SAMPLE_ROWS, _SAMPLE_COLS, _SAMPLE_CHUNK = 32, 16, 16384  # the block whose p1 predicts a tile's level
 _REFINE_FRACTION = 0.05  # above this (predicted or actual) undecided share a tile uses the two-digit level
 
 
@@ -370,9 +371,11 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     og = spec.O // spec.groups
     total = spec.N * oh * ow
     # With at least one column block per worker in each group, the workers share each row tile: its rows are
-    # split once (in parallel, at most a quarter of the workspace), then its column blocks are dealt out.
+    # split once (in parallel; its digits and the workers' level-1 sums take at most a quarter of the workspace),
+    # then its column blocks are dealt out.
     share = False
-    if workers > 1 and -(-og // nb) >= workers and 24 * min(rows_max, total) * k <= workspace_bytes // 4:
+    shared_bytes = 24 * min(rows_max, total) * (k + workers * og)
+    if workers > 1 and -(-og // nb) >= workers and shared_bytes <= workspace_bytes // 4:
         shared_plan = _gemm_plan(spec, workspace_bytes - workspace_bytes // 4, workers)
         share = -(-og // shared_plan[1]) >= workers
         if share:
@@ -411,7 +414,9 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     def geometry(blk: int) -> tuple:
         return (oh, ow, spec.KH, spec.KW, blocks[blk][0].start, cg, *spec.stride, *spec.dilation)
 
-    def work(items: list[tuple[int, int]], pre=None) -> ExactStats:
+    def work(items, pre=None, level1s=None) -> ExactStats:
+        """Finish the tiles (blk, m0) of ``items`` (a :class:`_Dealer` shared by the workers); ``level1s``: the
+        shared row tile's predictions and level-1 partial sums per block (see ``level1_items``)."""
         import numba
 
         numba.set_num_threads(1)
@@ -419,10 +424,41 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
         with _scratch.arena("worker") as ws:
             for blk, m0 in items:
                 cs, cols = blocks[blk]
+                frac, level1 = (None, None) if level1s is None else level1s[blk]
+                if level1:
+                    level1 = _merge_level1(kern, level1, pre[1], k)
                 _gemm_tile(kern, ws, xp, wmat, b, geometry(blk), betas, k, (chunks, sample_chunks), m0,
                            min(total, m0 + rows_max) - m0, *col_exp[blk][:2], (tgamma1, tgamma2), counts,
-                           functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols, y2, bound2, pre)
+                           functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols, y2, bound2, pre, frac,
+                           level1)
         return counts
+
+    def predict(m0: int, pre: tuple, blk: int) -> float:
+        """:func:`_predict` for column block blk of the shared row tile at m0."""
+        import numba
+
+        numba.set_num_threads(1)
+        eb, sample_w, _ = col_exp[blk]
+        with _scratch.arena("worker") as ws:
+            return _predict(kern, ws, xp, geometry(blk), betas[0], wmat, blocks[blk][1], sample_w, sample_chunks, m0,
+                            pre[1].shape[0], eb, pre, b, k, tgamma1)
+
+    def level1_items(items, pre_chunks: list, accs: dict) -> set[int]:
+        """Level 1 of the shared row tile's (column block, K-chunk) ``items`` (a :class:`_Dealer`), summed into
+        this worker's ``accs`` (block -> p1, p1lo, t, column statistics); returns the blocks it started."""
+        import numba
+
+        numba.set_num_threads(1)
+        started = set()
+        with _scratch.arena("worker") as ws:
+            for blk, ci in items:
+                *acc, s_c = accs[blk]
+                if blk not in started:
+                    s_c[:] = col_exp[blk][0]  # exponents and lossy flags; the sums start at zero
+                _level1_chunk(kern, ws, wmat, betas[0], chunks[ci][0], blocks[blk][1], pre_chunks[ci], acc, s_c,
+                              blk not in started)
+                started.add(blk)
+        return started
 
     def split_tile_rows(blk: int, m0: int, st: np.ndarray, pre_chunks: list, lo: int, hi: int) -> None:
         """Rows lo .. hi of the row tile at m0: exponents, digits of every K-chunk, and their sums."""
@@ -442,11 +478,13 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
         if not all(finite for _, _, finite in col_exp):
             return False
         if not share:
-            parts = list(run(work, [tiles[first::workers] for first in range(workers)]))
+            deal = _Dealer(tiles)  # tiles go to whichever worker is free
+            parts = list(run(work, [deal] * workers))
         else:
             parts = []
             per_group = -(-og // nb)
             for g0 in range(0, len(blocks), per_group):
+                group = range(g0, g0 + per_group)
                 for m0 in range(0, total, rows_max):
                     rows = min(total, m0 + rows_max) - m0
                     st = main_ws.array("pre_st", (rows, _NSTATS))
@@ -455,9 +493,21 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                                   for ci, (c, c_end) in enumerate(chunks)]
                     cuts = [rows * i // workers for i in range(workers + 1)]
                     run(functools.partial(split_tile_rows, g0, m0, st, pre_chunks), cuts[:-1], cuts[1:])
-                    mine = [[(blk, m0) for blk in range(g0 + first, g0 + per_group, workers)]
-                            for first in range(workers)]
-                    parts += run(work, mine, [(pre_chunks, st)] * workers)
+                    pre = (pre_chunks, st)
+                    fracs = run(functools.partial(predict, m0, pre), group)
+                    # Level 1 of the blocks predicted to need no more, one (block, K-chunk) at a time to whichever
+                    # worker is free (balanced on a shared, noisy machine); each worker sums into its own arrays.
+                    level1 = [blk for blk, frac in zip(group, fracs) if frac <= _REFINE_FRACTION]
+                    width = {blk: blocks[blk][1].stop - blocks[blk][1].start for blk in level1}
+                    accs = [{blk: tuple(main_ws.array(f"acc{w}_{blk - g0}_{i}", (_NSTATS if i == 3 else rows,
+                                                                                 width[blk])) for i in range(4))
+                             for blk in level1} for w in range(workers)]
+                    deal = _Dealer([(blk, ci) for ci in range(len(chunks)) for blk in level1])
+                    started = run(functools.partial(level1_items, deal, pre_chunks), accs)
+                    level1s = {blk: (frac, [acc[blk] for acc, done in zip(accs, started) if blk in done])
+                               for blk, frac in zip(group, fracs)}
+                    deal = _Dealer([(blk, m0) for blk in group])
+                    parts += run(work, [deal] * workers, [pre] * workers, [level1s] * workers)
     for part in parts:
         stats.pair_checks += part.pair_checks
         stats.refined_tiles += part.refined_tiles
@@ -466,18 +516,20 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
 
 
 def _gemm_tile(kern, ws, xp, wmat, b, geo, betas, k, all_chunks, m0, rows, eb, sample_w, tgammas, stats, fallback,
-               cols, y2, bound2, pre=None) -> None:
+               cols, y2, bound2, pre=None, frac=None, level1=None) -> None:
     """One tile of the GEMM path: output rows m0 .. m0 + rows x the columns ``cols`` of wmat (K x O).
 
     ``ws``: the worker's arena; ``all_chunks``: the K-chunks of the levels and of the sample;
     ``eb``: the columns' exponents; ``sample_w``: a contiguous copy of the first columns (the
     prediction sample's), or empty (then the sample reads them from wmat); ``pre``: the tile
-    rows' digits per K-chunk and their (unfinished) statistics, if split beforehand."""
+    rows' digits per K-chunk and their (unfinished) statistics, if split beforehand; ``frac``:
+    the predicted undecided share (:func:`_predict`), if already known; ``level1``: level 1's
+    results (as :func:`_level_pass` returns them), if already computed."""
     tgamma1, tgamma2 = tgammas
     chunks, sample_chunks = all_chunks
     ncol = cols.stop - cols.start
     has_bias = b is not None
-    bias = np.zeros(1) if b is None else np.ascontiguousarray(b[cols])
+    bias = _block_bias(b, cols)
     ea = np.zeros((rows, _NSTATS))
     if pre is None:
         kern.row_exponents(xp, m0, *geo, ea)
@@ -485,27 +537,15 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, betas, k, all_chunks, m0, rows, eb, s
         ea[:, 0], ea[:, 2] = pre[1][:, 0], pre[1][:, 2]  # exponents and lossy flags; the sums start at zero
     beta1, beta2 = betas
     level_pass = functools.partial(_level_pass, kern, ws, xp, geo)
-    # Predict from p1 of a small block of rows x columns whether level 1 would leave more than
-    # _REFINE_FRACTION undecided; if so, go straight to level 2 (this saves level 1's tail GEMMs).
-    # (Small tiles just try level 1.)
-    frac = 0.0
-    if rows * ncol > 4 * _SAMPLE_ROWS * _SAMPLE_COLS:
-        nr, nj = min(rows, _SAMPLE_ROWS), min(ncol, _SAMPLE_COLS)
-        r0 = (rows - nr) // 2
-        src, scols = (sample_w, slice(0, nj)) if sample_w.shape[1] else (wmat, slice(cols.start, cols.start + nj))
-        pre_rows = None if pre is None else ([tuple(v[r0 : r0 + nr] for v in vs) for vs in pre[0]],
-                                             pre[1][r0 : r0 + nr])
-        (p1s,), s_a, s_b, _, _ = level_pass(beta1, src, scols, sample_chunks if pre is None else chunks, m0 + r0,
-                                            ea[r0 : r0 + nr], eb[:, :nj], 0, pre_rows)
-        frac = kern.predict_undecided(p1s, s_a, s_b, bias[:nj] if has_bias else bias, has_bias, k,
-                                      tgamma1) / p1s.size
+    if frac is None:
+        frac = _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, rows, eb, pre, b, k, tgamma1)
     vals, errb = ws.array("vals", (rows, ncol)), ws.array("errb", (rows, ncol))
     decided = ws.array("decided", (rows, ncol), bool)
     errb.fill(np.inf)
     decided.fill(False)
     limit = _REFINE_FRACTION * vals.size
     if frac <= _REFINE_FRACTION:  # level 1: p1 + a float tail of relative size 2^-β
-        (p1, p1lo, t), s_a, s_b, _, _ = level_pass(beta1, wmat, cols, chunks, m0, ea, eb, 1, pre)
+        (p1, p1lo, t), s_a, s_b, _, _ = level1 or level_pass(beta1, wmat, cols, chunks, m0, ea, eb, 1, pre)
         kern.combine_level1(p1, p1lo, t, s_a, s_b, bias, has_bias, k, tgamma1, vals, decided, errb)
         del p1, p1lo, t
     if np.count_nonzero(~decided) > limit:  # level 2: two more exact GEMMs, a tail of size 2^-2β
@@ -532,15 +572,105 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, betas, k, all_chunks, m0, rows, eb, s
         bound2[m0 : m0 + rows, cols] = errb
 
 
+class _Dealer:
+    """Hands out ``items`` one at a time to the worker threads that iterate over it together."""
+
+    def __init__(self, items) -> None:
+        self._items = iter(items)
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> _Dealer:
+        return self
+
+    def __next__(self):
+        with self._lock:
+            return next(self._items)
+
+
+def _merge_level1(kern, parts: list, row_st: np.ndarray, k: int) -> tuple:
+    """Level 1's results for a block (as :func:`_level_pass` returns them) from the workers' partial sums ``parts``
+    ((p1, p1lo, t, column statistics) each, over disjoint K-chunks) and the rows' unfinished statistics."""
+    (p1, p1lo, t, s_c), *rest = parts
+    for q1, q1lo, qt, q_c in rest:
+        kern.merge_level1(p1, p1lo, t, q1, q1lo, qt)
+        s_c[_SUM_STATS] += q_c[_SUM_STATS]
+    s_a, s_b = row_st.copy(), np.ascontiguousarray(s_c.T)
+    for st in (s_a, s_b):
+        kern.finish_stats(st, k, (1,))
+    return (p1, p1lo, t), s_a, s_b, None, None
+
+
+def _block_bias(b, cols: slice) -> np.ndarray:
+    """The bias of the columns ``cols``, contiguous (a dummy of one zero without bias)."""
+    return np.zeros(1) if b is None else np.ascontiguousarray(b[cols])
+
+
+def _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, rows, eb, pre, b, k, tgamma1) -> float:
+    """The share of a tile's elements level 1 is predicted to leave undecided: Σ min(1, tail bound / half gap) over
+    a block of _SAMPLE_ROWS x _SAMPLE_COLS in its middle (:func:`refconv.oracle._kernels.predict_undecided`), with
+    the scaled rows times the columns' first digits standing in for p1. Above _REFINE_FRACTION the tile goes
+    straight to level 2 (saving level 1's tail GEMMs). Small tiles (at most 4 such blocks) just try level 1: 0.
+
+    ``pre``: the tile's rows split beforehand (their scaled values are then gathered over K, not recomputed);
+    ``sample_chunks``: K-chunks for the rows split here and for the columns."""
+    ncol = cols.stop - cols.start
+    if rows * ncol <= 4 * _SAMPLE_ROWS * _SAMPLE_COLS:
+        return 0.0
+    nr, nj = min(rows, _SAMPLE_ROWS), min(ncol, _SAMPLE_COLS)
+    r0 = (rows - nr) // 2
+    none2 = np.empty((1, 1))
+    if pre is None:
+        s_a = np.zeros((nr, _NSTATS))
+        kern.row_exponents(xp, m0 + r0, *geo, s_a)
+    else:
+        s_a = pre[1][r0 : r0 + nr].copy()
+        xs_all = ws.array("sample_xs", (nr, k))
+        np.concatenate([xs[r0 : r0 + nr] for xs, _, _ in pre[0]], axis=1, out=xs_all)
+    src, j0 = (sample_w, 0) if sample_w.shape[1] else (wmat, cols.start)
+    s_c = eb[:, :nj].copy()
+    p1, tmp = ws.array("sample_p1", (nr, nj)), ws.array("sample_tmp", (nr, nj))
+    for c, c_end in sample_chunks:
+        if pre is None:
+            xs, a1, r1 = (ws.array(f"sample_a{i}", (nr, c_end - c)) for i in range(3))
+            kern.split_rows(xp, m0 + r0, *geo, beta1, c, False, xs, a1, r1, none2, none2, s_a, none2)
+        else:
+            xs = xs_all[:, c:c_end]
+        a1_b, r1_b = (ws.array(f"sample_b{i}", (c_end - c, nj)) for i in range(2))
+        kern.split_cols(src, beta1, c, j0, False, a1_b, r1_b, none2, none2, s_c, none2)
+        np.matmul(xs, a1_b, out=tmp if c else p1)
+        if c:
+            p1 += tmp
+    s_b = np.ascontiguousarray(s_c.T)
+    for st in (s_a, s_b):
+        kern.finish_stats(st, k, (1,))
+    bias = _block_bias(b, slice(cols.start, cols.start + nj))
+    return kern.predict_undecided(p1, s_a, s_b, bias, b is not None, k, tgamma1) / p1.size
+
+
+def _level1_chunk(kern, ws, wmat, beta, c, cols, row_digits, acc, s_c, first) -> None:
+    """Level 1 of one K-chunk (from c) of a column block, its rows split (``row_digits`` = xs, a1, r1): the weights'
+    digits (column sums into s_c), the GEMMs a1_A·a1_B (exact), xs_A·r1_B and r1_A·a1_B (the tail), added to
+    acc = (p1, p1lo, t) by :func:`refconv.oracle._kernels.accumulate_level1` (``first``: start the sums)."""
+    xs_a, a1_a, r1_a = row_digits
+    nr, width = a1_a.shape
+    nj = cols.stop - cols.start
+    none2 = np.empty((1, 1))
+    a1_b, r1_b = (ws.array(f"b{i}", (width, nj)) for i in range(2))
+    kern.split_cols(wmat, beta, c, cols.start, False, a1_b, r1_b, none2, none2, s_c, none2)
+    prods = tuple(ws.array(f"prod{i}", (nr, nj)) for i in range(3))
+    for dest, (fa, fb) in zip(prods, [(a1_a, a1_b), (xs_a, r1_b), (r1_a, a1_b)]):
+        np.matmul(fa, fb, out=dest)
+    kern.accumulate_level1(first, *acc, *prods)
+
+
 def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, pre=None):
     """Digits of im2col rows m0 .. m0 + len(ea) and of the weight columns ``cols`` over all K-chunks, with one
     level's GEMMs.
 
     ``ea`` / ``eb`` hold the row / column exponents and lossy flags (:func:`row_exponents`,
     :func:`col_exponents`); the chunk buffers and products are arrays of the arena ``ws``
-    (the sample's named apart); ``pre`` (levels 0 and 1): the rows' digits per chunk and their sums, split
-    beforehand. Level 0 computes p1 only (the prediction sample), level 1
-    [p1, tail], level 2 [p1, x12, x21, tail2]. The exact digit products are accumulated
+    ``pre`` (level 1): the rows' digits per chunk and their sums, split beforehand. Level 1 computes
+    [p1, p1lo, tail], level 2 [p1, x12, x21, tail2]. The exact digit products are accumulated
     exactly (digit products and their running sums stay below 2^53), the float tail per
     chunk. Returns (products, row stats, column stats, second-digit row and column stats).
     """
@@ -550,36 +680,28 @@ def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, 
     nr, nj = ea.shape[0], cols.stop - cols.start
     s_a, s_c = (ea if pre is None else pre[1]).copy(), eb.copy()  # exponents, lossy flags and sums so far
     s2_a, s2_c = (np.zeros((nr, 1)), np.zeros((1, nj))) if two else (none2, none2)
-    tag = "sample" if level == 0 else ""
-    out = [ws.array(f"{tag}out{i}", (nr, nj)) for i in range((1, 2, 4)[level])]
-    tmp = ws.array(f"{tag}tmp", (nr, nj))
-    p1lo, tmp1, tmp2 = ((ws.array(name, (nr, nj)) for name in ("p1lo", "tmp1", "tmp2")) if level == 1
-                        else (none2, none2, none2))
+    out = [ws.array(f"out{i}", (nr, nj)) for i in range(4 if two else 2)]
+    tmp = ws.array("tmp", (nr, nj))
+    p1lo = none2 if two else ws.array("p1lo", (nr, nj))
     for ci, (c, c_end) in enumerate(chunks):
         width = c_end - c
-        vb = [ws.array(f"{tag}b{i}", (width, nj)) for i in range(4 if two else 2)]
-        a1_b, r1_b, a2_b, r2_b = vb + [none2] * (4 - len(vb))
+        first = c == 0
         if pre is None:
-            va = [ws.array(f"{tag}a{i}", (nr, width)) for i in range(5 if two else 3)]
+            va = [ws.array(f"a{i}", (nr, width)) for i in range(5 if two else 3)]
             xs_a, a1_a, r1_a, a2_a, r2_a = va + [none2] * (5 - len(va))
             kern.split_rows(xp, m0, *geo, beta, c, two, xs_a, a1_a, r1_a, a2_a, r2_a, s_a, s2_a)
         else:
             (xs_a, a1_a, r1_a), a2_a, r2_a = pre[0][ci], none2, none2
-        kern.split_cols(wmat, beta, c, cols.start, two, a1_b, r1_b, a2_b, r2_b, s_c, s2_c)
-        exact_prods = [(a1_a, a1_b)] + ([(a1_a, a2_b), (a2_a, a1_b)] if two else [])
-        tails = [] if level == 0 else (
-            [(a1_a, r2_b), (r1_a, r1_b), (r2_a, a1_b)] if two else [(xs_a, r1_b), (r1_a, a1_b)])
-        first = c == 0
-        if level == 1:  # p1 exact per chunk only: kept exact as a pair (p1, p1lo)
-            for dest, (fa, fb) in zip((tmp, tmp1, tmp2), exact_prods + tails):
-                np.matmul(fa, fb, out=dest)
-            kern.accumulate_level1(first, out[0], p1lo, out[1], tmp, tmp1, tmp2)
+        if not two:  # p1 exact per chunk only: kept exact as a pair (p1, p1lo)
+            _level1_chunk(kern, ws, wmat, beta, c, cols, (xs_a, a1_a, r1_a), (out[0], p1lo, out[1]), s_c, first)
             continue
-        for acc, (fa, fb) in zip(out, exact_prods):
+        a1_b, r1_b, a2_b, r2_b = (ws.array(f"b{i}", (width, nj)) for i in range(4))
+        kern.split_cols(wmat, beta, c, cols.start, two, a1_b, r1_b, a2_b, r2_b, s_c, s2_c)
+        for acc, (fa, fb) in zip(out, [(a1_a, a1_b), (a1_a, a2_b), (a2_a, a1_b)]):  # exact
             np.matmul(fa, fb, out=acc if first else tmp)  # (the arena's arrays are not zeroed)
             if not first:
                 acc += tmp
-        for q, (fa, fb) in enumerate(tails):
+        for q, (fa, fb) in enumerate([(a1_a, r2_b), (r1_a, r1_b), (r2_a, a1_b)]):  # the tail
             np.matmul(fa, fb, out=out[-1] if first and q == 0 else tmp)
             if not (first and q == 0):
                 out[-1] += tmp

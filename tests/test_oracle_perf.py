@@ -386,3 +386,55 @@ def test_finished_sums_bound_the_exact_sums():
         for r in range(3):
             assert Fraction(st[r, 1]) >= sum(Fraction(abs(t)) for t in v[r].tolist())
             assert Fraction(st[r, 3]) >= sum(Fraction(t) ** 2 for t in v[r].tolist())
+
+
+def test_level1_column_bounds_bound_the_digits_squares():
+    """Level 1 does not sum the columns' r1² and a1²: level1_col_bounds bounds them from Σw² (col_exponents) and the
+    digit width, for ordinary, tiny, huge and mixed-magnitude columns and a zero column (Fraction sums)."""
+    from fractions import Fraction
+
+    from refconv.oracle._kernels import kernels
+    from refconv.oracle.exact import digit_bits
+
+    kern = kernels()
+    rng = np.random.default_rng(29)
+    k = 700
+    cols = [rng.random(k), rng.standard_normal(k) * 2.0**-600, rng.standard_normal(k) * 2.0**600,
+            rng.random(k) * 2.0**-1060, np.where(rng.random(k) < 0.5, 2.0**-300, 1.0) * rng.standard_normal(k),
+            np.zeros(k)]
+    w = np.ascontiguousarray(np.stack(cols, axis=1))
+    beta = digit_bits(512)
+    st = np.zeros((6, w.shape[1]))
+    assert kern.col_exponents(w, 0, st, np.empty((k, 0)))
+    a1, r1, none2 = np.empty(w.shape), np.empty(w.shape), np.empty((1, 1))
+    kern.split_cols(w, beta, 0, 0, False, False, a1, r1, none2, none2, st, none2)
+    sb = np.ascontiguousarray(st.T)
+    kern.finish_stats(sb, k, (1,))
+    kern.level1_col_bounds(sb, k, beta)
+    for j in range(w.shape[1]):
+        assert Fraction(sb[j, 4]) >= sum(Fraction(t) ** 2 for t in r1[:, j].tolist())
+        assert Fraction(sb[j, 5]) >= sum(Fraction(t) ** 2 for t in a1[:, j].tolist())
+    assert sb[0, 5] < 1.01 * np.sum(a1[:, 0] ** 2) + 1  # and close where Σw² is usable
+
+
+def test_merged_level1_sums_are_exact():
+    """Level-1 chunk sums accumulated by two workers over disjoint chunks and merged equal the exact sum."""
+    from fractions import Fraction
+
+    from refconv.oracle._kernels import kernels
+
+    kern = kernels()
+    rng = np.random.default_rng(31)
+    shape, unit = (3, 4), 2.0**-44
+    chunks = [np.round(rng.uniform(-512, 512, shape) / unit) * unit for _ in range(13)]
+    zero = np.zeros(shape)
+    parts = []
+    for mine in (chunks[0::3], chunks[1::3] + chunks[2::3]):
+        p1, lo, t = np.empty(shape), np.empty(shape), np.empty(shape)
+        for i, prod in enumerate(mine):
+            kern.accumulate_level1(i == 0, p1, lo, t, prod, zero, zero)
+        parts.append((p1, lo, t))
+    (p1, lo, t), (q1, qlo, qt) = parts
+    kern.merge_level1(p1, lo, t, q1, qlo, qt)
+    for i, j in np.ndindex(shape):
+        assert Fraction(p1[i, j]) + Fraction(lo[i, j]) == sum(Fraction(c[i, j]) for c in chunks)

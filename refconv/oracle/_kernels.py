@@ -316,7 +316,8 @@ def nonzero_or_inf(v):
 
 @jit
 def col_exponents(mat, j0, st, copy):
-    """:func:`row_exponents` for the columns j0 .. j0 + st.shape[1] of mat (K, N), column-major: st[0, j], st[2, j].
+    """:func:`row_exponents` for the columns j0 .. j0 + st.shape[1] of mat (K, N), column-major: st[0, j], st[2, j];
+    also st[3, j] = the float sum Σw² of the unscaled column (see :func:`level1_col_bounds`).
 
     Also copies the first copy.shape[1] of those columns into ``copy`` (K, ·) on the way (the
     prediction sample's weights, which a strided read would fetch a cache line per row for).
@@ -329,6 +330,7 @@ def col_exponents(mat, j0, st, copy):
     amax = np.zeros(ncols)
     amin = np.full(ncols, math.inf)
     zero = np.zeros(ncols)
+    sq = np.zeros(ncols)
     k4 = k - k % 4
     for kk in range(0, k4, 4):
         x0, x1 = mat[kk, j0 : j0 + ncols], mat[kk + 1, j0 : j0 + ncols]
@@ -339,12 +341,14 @@ def col_exponents(mat, j0, st, copy):
             lo = min(min(nonzero_or_inf(v0), nonzero_or_inf(v1)), min(nonzero_or_inf(v2), nonzero_or_inf(v3)))
             amin[j] = min(amin[j], lo)
             zero[j] += (v0 * 0.0 + v1 * 0.0) + (v2 * 0.0 + v3 * 0.0)
+            sq[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
     for kk in range(k4, k):
         for j in range(ncols):
             v = abs(mat[kk, j0 + j])
             amax[j] = max(amax[j], v)
             amin[j] = min(amin[j], nonzero_or_inf(v))
             zero[j] += v * 0.0
+            sq[j] += v * v
     if ncopy:
         for kk in range(k):
             for j in range(ncopy):
@@ -353,6 +357,7 @@ def col_exponents(mat, j0, st, copy):
         e = math.frexp(amax[j])[1]
         st[0, j] = e
         st[2, j] = 1.0 if amin[j] < math.inf and math.ldexp(amin[j], -e) < 2.0**-1022 else 0.0
+        st[3, j] = sq[j]
     finite = True
     for j in range(ncols):
         finite &= zero[j] == 0.0
@@ -421,14 +426,15 @@ def split_rows(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, beta, c, two, xs,
 
 
 @jit
-def split_cols(mat, beta, c, j0, two, a1, r1, a2, r2, stc, st2c):
+def split_cols(mat, beta, c, j0, two, sums, a1, r1, a2, r2, stc, st2c):
     """:func:`split_rows` for rows c .. c + a1.shape[0], columns j0 .. j0 + a1.shape[1] of a (K, N) matrix
     (one K-chunk of a column block).
 
-    Same digits; the statistics are Σ|r1|, Σr1² and Σa1² (stc[1], stc[4], stc[5]: the
-    bounds of :func:`tail_mag1` pair the rows' Σxs² with the columns' Σr1², and the rows'
-    Σr1² with the columns' Σa1²), column-major (stc[q, j], st2c[0, j]; stc[0] = the
-    exponents from :func:`col_exponents`) so that the loops over columns vectorize.
+    Same digits; the statistics are Σ|r1|, and with ``sums`` Σr1² and Σa1² (stc[1], stc[4], stc[5]:
+    the bounds of :func:`tail_mag1` pair the rows' Σxs² with the columns' Σr1², and the rows'
+    Σr1² with the columns' Σa1²; without, level 1 bounds them by :func:`level1_col_bounds`: the
+    two squares cost a third of this kernel's time), column-major (stc[q, j], st2c[0, j];
+    stc[0] = the exponents from :func:`col_exponents`) so that the loops over columns vectorize.
     """
     ncols = a1.shape[1]
     cc = 1.5 * 2.0 ** (52 - beta)
@@ -456,8 +462,9 @@ def split_cols(mat, beta, c, j0, two, a1, r1, a2, r2, stc, st2c):
             a1[q, j], a1[q + 1, j], a1[q + 2, j], a1[q + 3, j] = d0, d1, d2, d3
             r1[q, j], r1[q + 1, j], r1[q + 2, j], r1[q + 3, j] = e0, e1, e2, e3
             s1[j] += (abs(e0) + abs(e1)) + (abs(e2) + abs(e3))
-            s6[j] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)
-            s7[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            if sums:
+                s6[j] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)
+                s7[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
     for q in range(n4, nq):
         src = mat[c + q]
         for j in range(ncols):
@@ -467,8 +474,9 @@ def split_cols(mat, beta, c, j0, two, a1, r1, a2, r2, stc, st2c):
             a1[q, j] = d
             r1[q, j] = rr
             s1[j] += abs(rr)
-            s6[j] += rr * rr
-            s7[j] += d * d
+            if sums:
+                s6[j] += rr * rr
+                s7[j] += d * d
     if two:
         for q in range(nq):
             rd, a2d, r2d = r1[q], a2[q], r2[q]
@@ -489,8 +497,9 @@ def split_cols(mat, beta, c, j0, two, a1, r1, a2, r2, stc, st2c):
                 a1[q, j] = d
                 r1[q, j] = rr
                 s1[j] += abs(rr)
-                s6[j] += rr * rr
-                s7[j] += d * d
+                if sums:
+                    s6[j] += rr * rr
+                    s7[j] += d * d
                 if two:
                     d2 = digit(rr, cc2)
                     a2[q, j] = d2
@@ -514,6 +523,29 @@ def finish_stats(st, k, abs_cols):
         if st.shape[1] == 6:
             for q in range(3, 6):
                 st[r, q] = square_sum_upper(st[r, q], k)
+
+
+@jit
+def level1_col_bounds(sb, k, beta):
+    """Level 1's bounds of the columns' Σr1² and Σa1² (sb[:, 4], sb[:, 5]; rows of :func:`finish_stats`-ed column
+    statistics), which :func:`split_cols` does not sum for it.
+
+    |r1| ≤ 2^(-β-1) gives Σr1² ≤ k·2^(-2β-2). a1 = xs - r1 gives √Σa1² ≤ √Σxs² + √(k)·2^(-β-1) (Minkowski), with
+    Σxs² = 2^-2e·Σw² from sb[:, 3] (the upper bound of the unscaled columns' Σw² from :func:`col_exponents`);
+    |a1| ≤ 1 gives Σa1² ≤ k, which stands alone where 2^-2e would overflow or magnify Σw²'s underflow slack
+    (|e| > 450). Each rounding is covered by a factor (1 + 2^-50).
+    """
+    up = 1.0 + 2.0**-50
+    r_sq = k * 2.0 ** (-2 * beta - 2)
+    r_norm = math.sqrt(r_sq) * up
+    for j in range(sb.shape[0]):
+        sb[j, 4] = r_sq
+        e = int(sb[j, 0])
+        a_sq = float(k)
+        if -450 <= e <= 450:
+            xs_norm = math.sqrt(math.ldexp(sb[j, 3], -2 * e)) * up
+            a_sq = min(a_sq, (xs_norm + r_norm) * up * (xs_norm + r_norm) * up * up)
+        sb[j, 5] = a_sq
 
 
 @pjit
@@ -871,7 +903,7 @@ _NAMESPACE = SimpleNamespace(
     row_exponents=row_exponents, col_exponents=col_exponents, split_rows=split_rows, split_cols=split_cols,
     finish_stats=finish_stats, accumulate_level1=accumulate_level1, combine_level1=combine_level1,
     any_nonzero_term=any_nonzero_term, predict_undecided=predict_undecided, combine_level2=combine_level2,
-    merge_level1=merge_level1,
+    merge_level1=merge_level1, level1_col_bounds=level1_col_bounds,
     pairs_start=pairs_start, pairs_chunk=pairs_chunk, pairs_finish=pairs_finish, certify_direct=certify_direct,
 )
 

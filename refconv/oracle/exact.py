@@ -21,7 +21,10 @@ copy of the weights is made.
   T = A_s @ r1_B + r1_A @ a1_B (relative size 2^-β1) has the rigorous bound
   γ_(512 + 2K/512)·M (:func:`tail_gamma`, Higham 2002 eq. 3.5 and §4.2) with
   M ≥ Σ|A_s||r1_B| + Σ|r1_A||a1_B| from per-row and per-column sums (Σ|r1|, and
-  Cauchy–Schwarz on the rows' Σxs², Σr1² and the columns' Σr1², Σa1²). p1, T and the
+  Cauchy–Schwarz on the rows' Σxs², Σr1² and bounds of the columns' Σr1², Σa1² from the
+  digit width and their Σw²: :func:`refconv.oracle._kernels.level1_col_bounds`). The K-chunks
+  of a row tile shared by the workers are dealt out one at a time; each worker's sums are
+  merged exactly at the end (:func:`refconv.oracle._kernels.merge_level1`). p1, T and the
   bias are added by TwoSum; an element is *decided* when its whole uncertainty
   interval rounds to one float64.
 * Level 2 (6 GEMMs): digits of β2 = ⌊(53 - ⌈log2 K⌉) / 2⌋ bits (exact over all of K),
@@ -38,10 +41,11 @@ copy of the weights is made.
   round (values 2^1022 below their maximum) are flagged and never read as an exact zero.
 
 **Threads** (:func:`gemm_conv`): tiles (a block of output rows x a block of
-output channels) run on ``numba.get_num_threads()`` worker threads, each calling
-BLAS single-threaded (:func:`single_threaded_blas`); a row tile shared by several
-column blocks has its rows split once, in parallel. The chunk buffers and tile
-arrays are reused across calls (:mod:`refconv.oracle._scratch`).
+output channels) go to ``numba.get_num_threads()`` worker threads, each calling
+BLAS single-threaded (:func:`single_threaded_blas`), one at a time to whichever
+worker is free; a row tile shared by several column blocks has its rows split once,
+in parallel, and its level 1 dealt out by (column block, K-chunk). The chunk buffers
+and tile arrays are reused across calls (:mod:`refconv.oracle._scratch`).
 
 **Direct path** (depthwise and other convs with < 16 output channels per group
 or < 16 terms): the vectorized Numba Dot2 kernel of the "kahan" method gives
@@ -163,7 +167,6 @@ def tail_gamma(k: int, kb: int, gemms: int = 2) -> float:
 
 
 _NSTATS = 6  # statistics per split row/column (see refconv.oracle._kernels.split_rows)
-_SUM_STATS = [1, 3, 4, 5]  # those that are sums (0: the exponent, 2: the lossy flag)
 _CHUNK = 512  # K-chunk of the GEMMs: level-1 digits exact per chunk; tail bound γ_(512+2K/512)
 _TILE_BYTES = 32 * 2**20  # per-tile buffers of the GEMM path, within the workspace
 _SAMPLE_ROWS, _SAMPLE_COLS, _SAMPLE_CHUNK = 32, 16, 16384  # the block whose p1 predicts a tile's level
@@ -426,7 +429,7 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                 cs, cols = blocks[blk]
                 frac, level1 = (None, None) if level1s is None else level1s[blk]
                 if level1:
-                    level1 = _merge_level1(kern, level1, pre[1], k)
+                    level1 = _merge_level1(kern, level1, pre[1], k, betas[0])
                 _gemm_tile(kern, ws, xp, wmat, b, geometry(blk), betas, k, (chunks, sample_chunks), m0,
                            min(total, m0 + rows_max) - m0, *col_exp[blk][:2], (tgamma1, tgamma2), counts,
                            functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols, y2, bound2, pre, frac,
@@ -587,17 +590,24 @@ class _Dealer:
             return next(self._items)
 
 
-def _merge_level1(kern, parts: list, row_st: np.ndarray, k: int) -> tuple:
+def _merge_level1(kern, parts: list, row_st: np.ndarray, k: int, beta: int) -> tuple:
     """Level 1's results for a block (as :func:`_level_pass` returns them) from the workers' partial sums ``parts``
     ((p1, p1lo, t, column statistics) each, over disjoint K-chunks) and the rows' unfinished statistics."""
     (p1, p1lo, t, s_c), *rest = parts
     for q1, q1lo, qt, q_c in rest:
         kern.merge_level1(p1, p1lo, t, q1, q1lo, qt)
-        s_c[_SUM_STATS] += q_c[_SUM_STATS]
-    s_a, s_b = row_st.copy(), np.ascontiguousarray(s_c.T)
+        s_c[1] += q_c[1]  # Σ|r1| (the only column sum level 1 takes: :func:`_level1_chunk`)
+    return (p1, p1lo, t), *_finish_level1_stats(kern, row_st.copy(), s_c, k, beta), None, None
+
+
+def _finish_level1_stats(kern, s_a: np.ndarray, s_c: np.ndarray, k: int, beta: int) -> tuple[np.ndarray, np.ndarray]:
+    """Level 1's row and column statistics as bounds (rows: (rows, _NSTATS); columns: (_NSTATS, cols) -> transposed),
+    the columns' Σr1² and Σa1² from :func:`refconv.oracle._kernels.level1_col_bounds`."""
+    s_b = np.ascontiguousarray(s_c.T)
     for st in (s_a, s_b):
         kern.finish_stats(st, k, (1,))
-    return (p1, p1lo, t), s_a, s_b, None, None
+    kern.level1_col_bounds(s_b, k, beta)
+    return s_a, s_b
 
 
 def _block_bias(b, cols: slice) -> np.ndarray:
@@ -636,7 +646,7 @@ def _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, 
         else:
             xs = xs_all[:, c:c_end]
         a1_b, r1_b = (ws.array(f"sample_b{i}", (c_end - c, nj)) for i in range(2))
-        kern.split_cols(src, beta1, c, j0, False, a1_b, r1_b, none2, none2, s_c, none2)
+        kern.split_cols(src, beta1, c, j0, False, True, a1_b, r1_b, none2, none2, s_c, none2)
         np.matmul(xs, a1_b, out=tmp if c else p1)
         if c:
             p1 += tmp
@@ -649,14 +659,15 @@ def _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, 
 
 def _level1_chunk(kern, ws, wmat, beta, c, cols, row_digits, acc, s_c, first) -> None:
     """Level 1 of one K-chunk (from c) of a column block, its rows split (``row_digits`` = xs, a1, r1): the weights'
-    digits (column sums into s_c), the GEMMs a1_A·a1_B (exact), xs_A·r1_B and r1_A·a1_B (the tail), added to
-    acc = (p1, p1lo, t) by :func:`refconv.oracle._kernels.accumulate_level1` (``first``: start the sums)."""
+    digits (their Σ|r1| into s_c; the squares are bounded afterwards: :func:`_finish_level1_stats`), the GEMMs
+    a1_A·a1_B (exact), xs_A·r1_B and r1_A·a1_B (the tail), added to acc = (p1, p1lo, t) by
+    :func:`refconv.oracle._kernels.accumulate_level1` (``first``: start the sums)."""
     xs_a, a1_a, r1_a = row_digits
     nr, width = a1_a.shape
     nj = cols.stop - cols.start
     none2 = np.empty((1, 1))
     a1_b, r1_b = (ws.array(f"b{i}", (width, nj)) for i in range(2))
-    kern.split_cols(wmat, beta, c, cols.start, False, a1_b, r1_b, none2, none2, s_c, none2)
+    kern.split_cols(wmat, beta, c, cols.start, False, False, a1_b, r1_b, none2, none2, s_c, none2)
     prods = tuple(ws.array(f"prod{i}", (nr, nj)) for i in range(3))
     for dest, (fa, fb) in zip(prods, [(a1_a, a1_b), (xs_a, r1_b), (r1_a, a1_b)]):
         np.matmul(fa, fb, out=dest)
@@ -696,7 +707,7 @@ def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, 
             _level1_chunk(kern, ws, wmat, beta, c, cols, (xs_a, a1_a, r1_a), (out[0], p1lo, out[1]), s_c, first)
             continue
         a1_b, r1_b, a2_b, r2_b = (ws.array(f"b{i}", (width, nj)) for i in range(4))
-        kern.split_cols(wmat, beta, c, cols.start, two, a1_b, r1_b, a2_b, r2_b, s_c, s2_c)
+        kern.split_cols(wmat, beta, c, cols.start, True, True, a1_b, r1_b, a2_b, r2_b, s_c, s2_c)
         for acc, (fa, fb) in zip(out, [(a1_a, a1_b), (a1_a, a2_b), (a2_a, a1_b)]):  # exact
             np.matmul(fa, fb, out=acc if first else tmp)  # (the arena's arrays are not zeroed)
             if not first:
@@ -705,15 +716,14 @@ def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, 
             np.matmul(fa, fb, out=out[-1] if first and q == 0 else tmp)
             if not (first and q == 0):
                 out[-1] += tmp
+    if not two:
+        return [out[0], p1lo, out[1]], *_finish_level1_stats(kern, s_a, s_c, k, beta), none2, none2
     s_b = np.ascontiguousarray(s_c.T)
     for st in (s_a, s_b):
         kern.finish_stats(st, k, (1,))
-    s2_b = np.ascontiguousarray(s2_c.T) if two else none2
-    if two:
-        for st in (s2_a, s2_b):
-            kern.finish_stats(st, k, (0,))
-    if level == 1:
-        out.insert(1, p1lo)
+    s2_b = np.ascontiguousarray(s2_c.T)
+    for st in (s2_a, s2_b):
+        kern.finish_stats(st, k, (0,))
     return out, s_a, s_b, s2_a, s2_b
 
 

@@ -436,15 +436,23 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                            level1)
         return counts
 
-    def predict(m0: int, pre: tuple, blk: int) -> float:
-        """:func:`_predict` for column block blk of the shared row tile at m0."""
+    def predict(m0: int, rows: int, blk: int, col: tuple | None = None) -> float:
+        """:func:`_predict` for column block blk of the row tile at m0 (``col``: the block's exponents and sample
+        columns, if not yet in col_exp); it splits its sample rows itself, so it need not wait for the tile's."""
         import numba
 
         numba.set_num_threads(1)
-        eb, sample_w, _ = col_exp[blk]
+        eb, sample_w = col or col_exp[blk][:2]
         with _scratch.arena("worker") as ws:
             return _predict(kern, ws, xp, geometry(blk), betas[0], wmat, blocks[blk][1], sample_w, sample_chunks, m0,
-                            pre[1].shape[0], eb, pre, b, k, tgamma1)
+                            rows, eb, b, k, tgamma1)
+
+    def columns(blk: int, m0: int | None) -> tuple:
+        """:func:`column_exponents`, then (if m0 is not None and the weights are finite) the block's prediction for
+        the row tile at m0: (exponents, sample columns, finite, prediction or None)."""
+        eb, sample_w, finite = column_exponents(blk)
+        rows = 0 if m0 is None else min(total, m0 + rows_max) - m0
+        return eb, sample_w, finite, predict(m0, rows, blk, (eb, sample_w)) if finite and rows else None
 
     def level1_items(items, pre_chunks: list, accs: dict) -> set[int]:
         """Level 1 of the shared row tile's (column block, K-chunk) ``items`` (a :class:`_Dealer`), summed into
@@ -477,40 +485,51 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     with _scratch.arena("caller") as main_ws:
         samples = main_ws.array("samples", (int(offsets[-1]),))
         run = map if workers == 1 else functools.partial(_run_all, _worker_pool(workers))
-        col_exp = list(run(column_exponents, range(len(blocks))))
-        if not all(finite for _, _, finite in col_exp):
-            return False
+        per_group = -(-og // nb)
+        # The first preparation: every block's column exponents (with the first row tile's prediction when shared),
+        # and the first shared row tile's split, as one batch of calls for whichever worker is free.
+        col_items = [functools.partial(columns, blk, 0 if share and blk < per_group else None)
+                     for blk in range(len(blocks))]
+        col_exp = None
+        parts = []
         if not share:
+            col_exp = list(run(_call, col_items))
+            if not all(finite for _, _, finite, _ in col_exp):
+                return False
             deal = _Dealer(tiles)  # tiles go to whichever worker is free
             parts = list(run(work, [deal] * workers))
-        else:
-            parts = []
-            per_group = -(-og // nb)
-            for g0 in range(0, len(blocks), per_group):
-                group = range(g0, g0 + per_group)
-                for m0 in range(0, total, rows_max):
-                    rows = min(total, m0 + rows_max) - m0
-                    st = main_ws.array("pre_st", (rows, _NSTATS))
-                    st.fill(0.0)
-                    pre_chunks = [tuple(main_ws.array(f"pre{i}_{ci}", (rows, c_end - c)) for i in range(3))
-                                  for ci, (c, c_end) in enumerate(chunks)]
-                    cuts = [rows * i // workers for i in range(workers + 1)]
-                    run(functools.partial(split_tile_rows, g0, m0, st, pre_chunks), cuts[:-1], cuts[1:])
-                    pre = (pre_chunks, st)
-                    fracs = run(functools.partial(predict, m0, pre), group)
-                    # Level 1 of the blocks predicted to need no more, one (block, K-chunk) at a time to whichever
-                    # worker is free (balanced on a shared, noisy machine); each worker sums into its own arrays.
-                    level1 = [blk for blk, frac in zip(group, fracs) if frac <= _REFINE_FRACTION]
-                    width = {blk: blocks[blk][1].stop - blocks[blk][1].start for blk in level1}
-                    accs = [{blk: tuple(main_ws.array(f"acc{w}_{blk - g0}_{i}", (_NSTATS if i == 3 else rows,
-                                                                                 width[blk])) for i in range(4))
-                             for blk in level1} for w in range(workers)]
-                    deal = _Dealer([(blk, ci) for ci in range(len(chunks)) for blk in level1])
-                    started = run(functools.partial(level1_items, deal, pre_chunks), accs)
-                    level1s = {blk: (frac, [acc[blk] for acc, done in zip(accs, started) if blk in done])
-                               for blk, frac in zip(group, fracs)}
-                    deal = _Dealer([(blk, m0) for blk in group])
-                    parts += run(work, [deal] * workers, [pre] * workers, [level1s] * workers)
+        for g0 in range(0, len(blocks), per_group) if share else ():
+            group = range(g0, g0 + per_group)
+            for m0 in range(0, total, rows_max):
+                rows = min(total, m0 + rows_max) - m0
+                st = main_ws.array("pre_st", (rows, _NSTATS))
+                st.fill(0.0)
+                pre_chunks = [tuple(main_ws.array(f"pre{i}_{ci}", (rows, c_end - c)) for i in range(3))
+                              for ci, (c, c_end) in enumerate(chunks)]
+                cuts = [rows * i // workers for i in range(workers + 1)]
+                splits = [functools.partial(split_tile_rows, g0, m0, st, pre_chunks, lo, hi)
+                          for lo, hi in zip(cuts[:-1], cuts[1:])]
+                if col_exp is None:
+                    col_exp = list(run(_call, col_items + splits))[: len(blocks)]
+                    if not all(finite for _, _, finite, _ in col_exp):
+                        return False
+                    fracs = [col_exp[blk][3] for blk in group]
+                else:
+                    fracs = list(run(_call, [functools.partial(predict, m0, rows, blk) for blk in group] + splits))
+                pre = (pre_chunks, st)
+                # Level 1 of the blocks predicted to need no more, one (block, K-chunk) at a time to whichever
+                # worker is free (balanced on a shared, noisy machine); each worker sums into its own arrays.
+                level1 = [blk for blk, frac in zip(group, fracs) if frac <= _REFINE_FRACTION]
+                width = {blk: blocks[blk][1].stop - blocks[blk][1].start for blk in level1}
+                accs = [{blk: tuple(main_ws.array(f"acc{w}_{blk - g0}_{i}", (_NSTATS if i == 3 else rows,
+                                                                             width[blk])) for i in range(4))
+                         for blk in level1} for w in range(workers)]
+                deal = _Dealer([(blk, ci) for ci in range(len(chunks)) for blk in level1])
+                started = run(functools.partial(level1_items, deal, pre_chunks), accs)
+                level1s = {blk: (frac, [acc[blk] for acc, done in zip(accs, started) if blk in done])
+                           for blk, frac in zip(group, fracs)}
+                deal = _Dealer([(blk, m0) for blk in group])
+                parts += run(work, [deal] * workers, [pre] * workers, [level1s] * workers)
     for part in parts:
         stats.pair_checks += part.pair_checks
         stats.refined_tiles += part.refined_tiles
@@ -541,7 +560,7 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, betas, k, all_chunks, m0, rows, eb, s
     beta1, beta2 = betas
     level_pass = functools.partial(_level_pass, kern, ws, xp, geo)
     if frac is None:
-        frac = _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, rows, eb, pre, b, k, tgamma1)
+        frac = _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, rows, eb, b, k, tgamma1)
     vals, errb = ws.array("vals", (rows, ncol)), ws.array("errb", (rows, ncol))
     decided = ws.array("decided", (rows, ncol), bool)
     errb.fill(np.inf)
@@ -573,6 +592,10 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, betas, k, all_chunks, m0, rows, eb, s
     y2[m0 : m0 + rows, cols] = vals
     if kahan:
         bound2[m0 : m0 + rows, cols] = errb
+
+
+def _call(fn):
+    return fn()
 
 
 class _Dealer:
@@ -615,36 +638,26 @@ def _block_bias(b, cols: slice) -> np.ndarray:
     return np.zeros(1) if b is None else np.ascontiguousarray(b[cols])
 
 
-def _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, rows, eb, pre, b, k, tgamma1) -> float:
+def _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, rows, eb, b, k, tgamma1) -> float:
     """The share of a tile's elements level 1 is predicted to leave undecided: Σ min(1, tail bound / half gap) over
     a block of _SAMPLE_ROWS x _SAMPLE_COLS in its middle (:func:`refconv.oracle._kernels.predict_undecided`), with
-    the scaled rows times the columns' first digits standing in for p1. Above _REFINE_FRACTION the tile goes
-    straight to level 2 (saving level 1's tail GEMMs). Small tiles (at most 4 such blocks) just try level 1: 0.
-
-    ``pre``: the tile's rows split beforehand (their scaled values are then gathered over K, not recomputed);
-    ``sample_chunks``: K-chunks for the rows split here and for the columns."""
+    the scaled rows times the columns' first digits standing in for p1 (split here, in ``sample_chunks``). Above
+    _REFINE_FRACTION the tile goes straight to level 2 (saving level 1's tail GEMMs). Small tiles (at most 4 such
+    blocks) just try level 1: 0."""
     ncol = cols.stop - cols.start
     if rows * ncol <= 4 * _SAMPLE_ROWS * _SAMPLE_COLS:
         return 0.0
     nr, nj = min(rows, _SAMPLE_ROWS), min(ncol, _SAMPLE_COLS)
     r0 = (rows - nr) // 2
     none2 = np.empty((1, 1))
-    if pre is None:
-        s_a = np.zeros((nr, _NSTATS))
-        kern.row_exponents(xp, m0 + r0, *geo, s_a)
-    else:
-        s_a = pre[1][r0 : r0 + nr].copy()
-        xs_all = ws.array("sample_xs", (nr, k))
-        np.concatenate([xs[r0 : r0 + nr] for xs, _, _ in pre[0]], axis=1, out=xs_all)
+    s_a = np.zeros((nr, _NSTATS))
+    kern.row_exponents(xp, m0 + r0, *geo, s_a)
     src, j0 = (sample_w, 0) if sample_w.shape[1] else (wmat, cols.start)
     s_c = eb[:, :nj].copy()
     p1, tmp = ws.array("sample_p1", (nr, nj)), ws.array("sample_tmp", (nr, nj))
     for c, c_end in sample_chunks:
-        if pre is None:
-            xs, a1, r1 = (ws.array(f"sample_a{i}", (nr, c_end - c)) for i in range(3))
-            kern.split_rows(xp, m0 + r0, *geo, beta1, c, False, xs, a1, r1, none2, none2, s_a, none2)
-        else:
-            xs = xs_all[:, c:c_end]
+        xs, a1, r1 = (ws.array(f"sample_a{i}", (nr, c_end - c)) for i in range(3))
+        kern.split_rows(xp, m0 + r0, *geo, beta1, c, False, xs, a1, r1, none2, none2, s_a, none2)
         a1_b, r1_b = (ws.array(f"sample_b{i}", (c_end - c, nj)) for i in range(2))
         kern.split_cols(src, beta1, c, j0, False, True, a1_b, r1_b, none2, none2, s_c, none2)
         np.matmul(xs, a1_b, out=tmp if c else p1)

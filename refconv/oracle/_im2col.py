@@ -5,12 +5,14 @@ All functions take canonical NHWC inputs and HWIO weights.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..spec import ConvSpec
+from . import _scratch
 
 DEFAULT_WORKSPACE_BYTES = 256 * 2**20
 
@@ -36,6 +38,31 @@ def pad_nhwc(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
     if t == b == left == r == 0:
         return x
     return np.pad(x, ((0, 0), (t, b), (left, r), (0, 0)))
+
+
+@contextlib.contextmanager
+def padded_input(x: np.ndarray, spec: ConvSpec) -> Iterator[np.ndarray]:
+    """A contiguous zero-padded copy of NHWC x for the duration of the block, in a buffer pooled across calls
+    (a fresh one faults in a page per 4 KiB: ≈ 1 ms for the seed's 1.4 MB); x itself if contiguous and unpadded.
+
+    >>> spec = ConvSpec.from_shapes((1, 2, 2, 1), (3, 3, 1, 1), padding="SAME")
+    >>> with padded_input(np.ones((1, 2, 2, 1)), spec) as xp:
+    ...     xp[0, :, :, 0].tolist()
+    [[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+    (t, b), (left, r) = spec.pads
+    if t == b == left == r == 0 and x.flags.c_contiguous:
+        yield x
+        return
+    n, h, w, c = x.shape
+    with _scratch.arena("input") as ar:
+        xp = ar.array("xp", (n, t + h + b, left + w + r, c))
+        xp[:, :t] = 0.0
+        xp[:, t + h :] = 0.0
+        xp[:, t : t + h, :left] = 0.0
+        xp[:, t : t + h, left + w :] = 0.0
+        xp[:, t : t + h, left : left + w] = x
+        yield xp
 
 
 def window_view(xp: np.ndarray, spec: ConvSpec) -> np.ndarray:

@@ -75,7 +75,7 @@ import numpy as np
 from ..spec import ConvSpec
 from . import _scratch
 from ._exactsum import exact_dot
-from ._im2col import DEFAULT_WORKSPACE_BYTES, all_finite, float_conv_nhwc, group_slices, pad_nhwc, window_view
+from ._im2col import DEFAULT_WORKSPACE_BYTES, all_finite, float_conv_nhwc, group_slices, padded_input, window_view
 
 
 def digit_bits(k: int) -> int:
@@ -180,12 +180,12 @@ def _finite_exact(
     oh, ow = spec.out_hw
     y = np.empty((spec.N, oh, ow, spec.O), dtype=np.float64)
     stats = ExactStats(elements=y.size, path=path)
-    xp = np.ascontiguousarray(pad_nhwc(x, spec))
     wc = np.ascontiguousarray(w)
-    if path == "direct":
-        _direct_exact(xp, wc, b, spec, workspace_bytes, y, stats)
-    elif not gemm_conv(xp, wc, b, spec, workspace_bytes, y, stats):
-        return None
+    with padded_input(x, spec) as xp:
+        if path == "direct":
+            _direct_exact(xp, wc, b, spec, workspace_bytes, y, stats)
+        elif not gemm_conv(xp, wc, b, spec, workspace_bytes, y, stats):
+            return None
     return y, stats
 
 
@@ -410,132 +410,124 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
 
     def column_exponents(blk: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """The block's column exponents, a contiguous copy of its sample columns, whether its weights are finite."""
-        eb = np.zeros((_NSTATS, blocks[blk][1].stop - blocks[blk][1].start))
+        eb = np.zeros((_NSTATS, width(blk)))
         sample_w = samples[offsets[blk] : offsets[blk + 1]].reshape(k, sample_cols[blk])
         return eb, sample_w, kern.col_exponents(wmat, blocks[blk][1].start, eb, sample_w)
 
     def geometry(blk: int) -> tuple:
         return (oh, ow, spec.KH, spec.KW, blocks[blk][0].start, cg, *spec.stride, *spec.dilation)
 
-    def work(items, pre=None, level1s=None) -> ExactStats:
-        """Finish the tiles (blk, m0) of ``items`` (a :class:`_Dealer` shared by the workers); ``level1s``: the
-        shared row tile's predictions and level-1 partial sums per block (see ``level1_items``)."""
-        import numba
+    def width(blk: int) -> int:
+        return blocks[blk][1].stop - blocks[blk][1].start
 
-        numba.set_num_threads(1)
-        counts = ExactStats()
-        with _scratch.arena("worker") as ws:
-            for blk, m0 in items:
-                cs, cols = blocks[blk]
-                frac, level1 = (None, None) if level1s is None else level1s[blk]
-                if level1:
-                    level1 = _merge_level1(kern, level1, pre[1], k, betas[0])
-                _gemm_tile(kern, ws, xp, wmat, b, geometry(blk), betas, k, (chunks, sample_chunks), m0,
-                           min(total, m0 + rows_max) - m0, *col_exp[blk][:2], (tgamma1, tgamma2), counts,
-                           functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols, y2, bound2, pre, frac,
-                           level1)
-        return counts
+    def tile(blk: int, m0: int, slot: int, ws, pre=None, frac=None, level1=None) -> None:
+        """:func:`_gemm_tile` for the tile (blk, m0), counted in the worker's stats."""
+        cs, cols = blocks[blk]
+        _gemm_tile(kern, ws, xp, wmat, b, geometry(blk), betas, k, (chunks, sample_chunks), m0,
+                   min(total, m0 + rows_max) - m0, *col_exp[blk][:2], (tgamma1, tgamma2), counts[slot],
+                   functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols, y2, bound2, pre, frac, level1)
 
-    def predict(m0: int, rows: int, blk: int, col: tuple | None = None) -> float:
-        """:func:`_predict` for column block blk of the row tile at m0 (``col``: the block's exponents and sample
-        columns, if not yet in col_exp); it splits its sample rows itself, so it need not wait for the tile's."""
-        import numba
+    def columns(blk: int, m0: int | None, slot: int, ws) -> None:
+        """Item: the block's column exponents (the graph stops if a weight is not finite), then its prediction
+        for the shared row tile at m0, unless m0 is None."""
+        eb, sample_w, finite = col_exp[blk] = column_exponents(blk)
+        if not finite:
+            graph.stop()
+        elif m0 is not None:
+            predict(blk, m0, slot, ws)
 
-        numba.set_num_threads(1)
-        eb, sample_w = col or col_exp[blk][:2]
-        with _scratch.arena("worker") as ws:
-            return _predict(kern, ws, xp, geometry(blk), betas[0], wmat, blocks[blk][1], sample_w, sample_chunks, m0,
-                            rows, eb, b, k, tgamma1)
+    def predict(blk: int, m0: int, slot: int, ws) -> None:
+        """Item: :func:`_predict` for the block and the shared row tile at m0 (it splits its own sample rows)."""
+        fracs[blk] = _predict(kern, ws, xp, geometry(blk), betas[0], wmat, blocks[blk][1], col_exp[blk][1],
+                              sample_chunks, m0, min(total, m0 + rows_max) - m0, col_exp[blk][0], b, k, tgamma1)
 
-    def columns(blk: int, m0: int | None) -> tuple:
-        """:func:`column_exponents`, then (if m0 is not None and the weights are finite) the block's prediction for
-        the row tile at m0: (exponents, sample columns, finite, prediction or None)."""
-        eb, sample_w, finite = column_exponents(blk)
-        rows = 0 if m0 is None else min(total, m0 + rows_max) - m0
-        return eb, sample_w, finite, predict(m0, rows, blk, (eb, sample_w)) if finite and rows else None
-
-    def level1_items(items, pre_chunks: list, accs: dict) -> set[int]:
-        """Level 1 of the shared row tile's (column block, K-chunk) ``items`` (a :class:`_Dealer`), summed into
-        this worker's ``accs`` (block -> p1, p1lo, t, column statistics); returns the blocks it started."""
-        import numba
-
-        numba.set_num_threads(1)
-        started = set()
-        with _scratch.arena("worker") as ws:
-            for blk, ci in items:
-                *acc, s_c = accs[blk]
-                if blk not in started:
-                    s_c[:] = col_exp[blk][0]  # exponents and lossy flags; the sums start at zero
-                _level1_chunk(kern, ws, wmat, betas[0], chunks[ci][0], blocks[blk][1], pre_chunks[ci], acc, s_c,
-                              blk not in started)
-                started.add(blk)
-        return started
-
-    def split_tile_rows(blk: int, m0: int, st: np.ndarray, pre_chunks: list, lo: int, hi: int) -> None:
-        """Rows lo .. hi of the row tile at m0: exponents, digits of every K-chunk, and their sums."""
-        import numba
-
-        numba.set_num_threads(1)
+    def split_tile_rows(blk: int, m0: int, pre: tuple, lo: int, hi: int, slot: int, ws) -> None:
+        """Item: rows lo .. hi of the shared row tile at m0: exponents, digits of every K-chunk, and their sums."""
+        pre_chunks, st = pre
         geo = geometry(blk)
         kern.row_exponents(xp, m0 + lo, *geo, st[lo:hi])
         for (c, _), (xs, a1, r1) in zip(chunks, pre_chunks):
             kern.split_rows(xp, m0 + lo, *geo, betas[0], c, False, xs[lo:hi], a1[lo:hi], r1[lo:hi], none2, none2,
                             st[lo:hi], none2)
 
+    def level2_tile(blk: int, m0: int, slot: int, ws) -> None:
+        """Item: the whole tile (blk, m0) of the shared row tile if it is predicted to need level 2."""
+        if fracs[blk] > _REFINE_FRACTION:
+            tile(blk, m0, slot, ws, frac=fracs[blk])
+
+    def level1_chunk(blk: int, m0: int, ci: int, pre: tuple, slot: int, ws) -> None:
+        """Item: level 1 of K-chunk ci of a block of the shared row tile, summed into this worker's arrays; the worker
+        that sums the block's last chunk finishes the tile (merging every worker's sums)."""
+        if fracs[blk] > _REFINE_FRACTION:
+            return
+        *acc, s_c = accs[slot][blk]
+        first = blk not in started[slot]
+        if first:
+            s_c[:] = col_exp[blk][0]  # exponents and lossy flags; the sums start at zero
+        _level1_chunk(kern, ws, wmat, betas[0], chunks[ci][0], blocks[blk][1], pre[0][ci], acc, s_c, first)
+        started[slot].add(blk)
+        with lock:
+            remaining[blk] -= 1
+            last = remaining[blk] == 0
+        if last:
+            parts = [accs[w][blk] for w in range(workers) if blk in started[w]]
+            tile(blk, m0, slot, ws, pre, fracs[blk], _merge_level1(kern, parts, pre[1], k, betas[0]))
+
     with _scratch.arena("caller") as main_ws:
         samples = main_ws.array("samples", (int(offsets[-1]),))
-        run = map if workers == 1 else functools.partial(_run_all, _worker_pool(workers))
+        counts = [ExactStats() for _ in range(workers)]
+        col_exp: list = [None] * len(blocks)
+        col_keys = [("columns", blk) for blk in range(len(blocks))]
+        lock = threading.Lock()
+        if not share:  # column exponents, then the tiles, to whichever worker is free
+            graph = _TaskGraph()
+            for blk in range(len(blocks)):
+                graph.add(col_keys[blk], functools.partial(columns, blk, None))
+            for blk, m0 in tiles:  # (after all the exponents: no output is written if a weight is not finite)
+                graph.add(("tile", blk, m0), functools.partial(tile, blk, m0), col_keys)
+            graph.run(workers)
         per_group = -(-og // nb)
-        # The first preparation: every block's column exponents (with the first row tile's prediction when shared),
-        # and the first shared row tile's split, as one batch of calls for whichever worker is free.
-        col_items = [functools.partial(columns, blk, 0 if share and blk < per_group else None)
-                     for blk in range(len(blocks))]
-        col_exp = None
-        parts = []
-        if not share:
-            col_exp = list(run(_call, col_items))
-            if not all(finite for _, _, finite, _ in col_exp):
-                return False
-            deal = _Dealer(tiles)  # tiles go to whichever worker is free
-            parts = list(run(work, [deal] * workers))
         for g0 in range(0, len(blocks), per_group) if share else ():
             group = range(g0, g0 + per_group)
             for m0 in range(0, total, rows_max):
+                # One graph per shared row tile: the blocks' column exponents (in the first) and predictions, the
+                # row split, level 2 of the blocks predicted to need it, then level 1 by (block, K-chunk).
+                graph = _TaskGraph()
+                fracs: dict[int, float] = {}
+                first = col_exp[0] is None
+                for blk in range(len(blocks)) if first else group:
+                    graph.add(col_keys[blk], functools.partial(columns, blk, m0 if blk in group else None) if first
+                              else functools.partial(predict, blk, m0))
+                pred_keys = col_keys if first else [col_keys[blk] for blk in group]
                 rows = min(total, m0 + rows_max) - m0
                 st = main_ws.array("pre_st", (rows, _NSTATS))
                 st.fill(0.0)
-                pre_chunks = [tuple(main_ws.array(f"pre{i}_{ci}", (rows, c_end - c)) for i in range(3))
-                              for ci, (c, c_end) in enumerate(chunks)]
+                pre = ([tuple(main_ws.array(f"pre{i}_{ci}", (rows, c_end - c)) for i in range(3))
+                        for ci, (c, c_end) in enumerate(chunks)], st)
                 cuts = [rows * i // workers for i in range(workers + 1)]
-                splits = [functools.partial(split_tile_rows, g0, m0, st, pre_chunks, lo, hi)
-                          for lo, hi in zip(cuts[:-1], cuts[1:])]
-                if col_exp is None:
-                    col_exp = list(run(_call, col_items + splits))[: len(blocks)]
-                    if not all(finite for _, _, finite, _ in col_exp):
-                        return False
-                    fracs = [col_exp[blk][3] for blk in group]
-                else:
-                    fracs = list(run(_call, [functools.partial(predict, m0, rows, blk) for blk in group] + splits))
-                pre = (pre_chunks, st)
-                # Level 1 of the blocks predicted to need no more, one (block, K-chunk) at a time to whichever
-                # worker is free (balanced on a shared, noisy machine); each worker sums into its own arrays.
-                level1 = [blk for blk, frac in zip(group, fracs) if frac <= _REFINE_FRACTION]
-                width = {blk: blocks[blk][1].stop - blocks[blk][1].start for blk in level1}
-                accs = [{blk: tuple(main_ws.array(f"acc{w}_{blk - g0}_{i}", (_NSTATS if i == 3 else rows,
-                                                                             width[blk])) for i in range(4))
-                         for blk in level1} for w in range(workers)]
-                deal = _Dealer([(blk, ci) for ci in range(len(chunks)) for blk in level1])
-                started = run(functools.partial(level1_items, deal, pre_chunks), accs)
-                level1s = {blk: (frac, [acc[blk] for acc, done in zip(accs, started) if blk in done])
-                           for blk, frac in zip(group, fracs)}
-                deal = _Dealer([(blk, m0) for blk in group])
-                parts += run(work, [deal] * workers, [pre] * workers, [level1s] * workers)
-    for part in parts:
+                row_keys = [("rows", lo) for lo in cuts[:-1]]
+                for lo, hi in zip(cuts[:-1], cuts[1:]):
+                    graph.add(("rows", lo), functools.partial(split_tile_rows, g0, m0, pre, lo, hi))
+                for blk in group:
+                    graph.add(("level2", blk), functools.partial(level2_tile, blk, m0), pred_keys)
+                accs = [{blk: tuple(main_ws.array(f"acc{w}_{blk - g0}_{i}", (_NSTATS if i == 3 else rows, width(blk)))
+                                    for i in range(4)) for blk in group} for w in range(workers)]
+                started: list[set[int]] = [set() for _ in range(workers)]
+                remaining = {blk: len(chunks) for blk in group}
+                for ci in range(len(chunks)):
+                    for blk in group:
+                        graph.add(("level1", blk, ci), functools.partial(level1_chunk, blk, m0, ci, pre),
+                                  pred_keys + row_keys)
+                graph.run(workers)
+                if graph.stopped:  # (a weight is not finite)
+                    return False
+        if graph.stopped:
+            return False
+    for part in counts:
         stats.pair_checks += part.pair_checks
         stats.refined_tiles += part.refined_tiles
         stats.fallbacks += part.fallbacks
     return True
-
 
 def _gemm_tile(kern, ws, xp, wmat, b, geo, betas, k, all_chunks, m0, rows, eb, sample_w, tgammas, stats, fallback,
                cols, y2, bound2, pre=None, frac=None, level1=None) -> None:
@@ -594,23 +586,55 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, betas, k, all_chunks, m0, rows, eb, s
         bound2[m0 : m0 + rows, cols] = errb
 
 
-def _call(fn):
-    return fn()
+class _TaskGraph:
+    """Items dealt, in the order added, to the worker threads that run the graph together; each item first waits for
+    the items it depends on. Those were added earlier, so every wait is for an item that another worker is running
+    (no deadlock, also with other calls' items queued on the same pool). Items are functions of (worker slot,
+    worker arena). An item that raises, or :meth:`stop`, stops the graph: the workers finish what they run and
+    take nothing more; the error reaches the caller."""
 
-
-class _Dealer:
-    """Hands out ``items`` one at a time to the worker threads that iterate over it together."""
-
-    def __init__(self, items) -> None:
-        self._items = iter(items)
+    def __init__(self) -> None:
+        self._items: list = []
+        self._done: dict = {}
         self._lock = threading.Lock()
+        self._next = 0
+        self.stopped = False
 
-    def __iter__(self) -> _Dealer:
-        return self
+    def add(self, key, fn, deps=()) -> None:
+        self._done[key] = threading.Event()
+        self._items.append((key, fn, [self._done[d] for d in deps]))
 
-    def __next__(self):
-        with self._lock:
-            return next(self._items)
+    def stop(self) -> None:
+        self.stopped = True
+
+    def run(self, workers: int) -> None:
+        """Run the items on ``workers`` threads of the worker pool (on the calling thread if one)."""
+        if workers == 1:
+            self._work(0)
+        else:
+            _run_all(_worker_pool(workers), self._work, range(workers))
+
+    def _work(self, slot: int) -> None:
+        import numba
+
+        numba.set_num_threads(1)
+        with _scratch.arena("worker") as ws:
+            while not self.stopped:
+                with self._lock:
+                    if self._next == len(self._items):
+                        return
+                    key, fn, deps = self._items[self._next]
+                    self._next += 1
+                try:
+                    for done in deps:
+                        done.wait()
+                    if not self.stopped:
+                        fn(slot, ws)
+                except BaseException:
+                    self.stopped = True
+                    raise
+                finally:
+                    self._done[key].set()
 
 
 def _merge_level1(kern, parts: list, row_st: np.ndarray, k: int, beta: int) -> tuple:

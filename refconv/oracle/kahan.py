@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..spec import ConvSpec
-from ._im2col import DEFAULT_WORKSPACE_BYTES, all_finite, pad_nhwc
+from ._im2col import DEFAULT_WORKSPACE_BYTES, all_finite, padded_input
 from .exact import ExactStats
 
 
@@ -70,23 +70,23 @@ def conv2d_kahan_nhwc(
     oh, ow = spec.out_hw
     y = np.empty((spec.N, oh, ow, spec.O))
     bound = np.empty_like(y)
-    xp = np.ascontiguousarray(pad_nhwc(x, spec))
     wc = np.ascontiguousarray(w)
     stats = ExactStats() if stats is None else stats
     stats.elements = y.size
     stats.path = "gemm" if (path or choose_path(spec)) == "gemm" and all_finite(x) and all_finite(b) else "direct"
-    if stats.path == "gemm" and gemm_conv(xp, wc, b, spec, workspace_bytes, y, stats, bound):
-        return y, bound  # (False: a weight is not finite; those go the direct way)
-    stats.path = "direct"
-    bias = np.zeros(spec.O) if b is None else np.ascontiguousarray(b, dtype=np.float64)
-    step = max(1, workspace_bytes // max(1, 8 * oh * ow * spec.O))
-    for n0 in range(0, spec.N, step):
-        n1 = min(spec.N, n0 + step)
-        lo = np.empty((n1 - n0, oh, ow, spec.O))
-        yb, bb = y[n0:n1], bound[n0:n1]
-        args = (*spec.stride, *spec.dilation, spec.groups, oh, ow)
-        kern.dot2_conv(xp[n0:n1], wc, bias, b is not None, *args, yb, lo, bb)
-        bb += np.abs(lo)
-        bb *= 1 + 2.0**-51
+    with padded_input(x, spec) as xp:
+        if stats.path == "gemm" and gemm_conv(xp, wc, b, spec, workspace_bytes, y, stats, bound):
+            return y, bound  # (False: a weight is not finite; those go the direct way)
+        stats.path = "direct"
+        bias = np.zeros(spec.O) if b is None else np.ascontiguousarray(b, dtype=np.float64)
+        step = max(1, workspace_bytes // max(1, 8 * oh * ow * spec.O))
+        for n0 in range(0, spec.N, step):
+            n1 = min(spec.N, n0 + step)
+            lo = np.empty((n1 - n0, oh, ow, spec.O))
+            yb, bb = y[n0:n1], bound[n0:n1]
+            args = (*spec.stride, *spec.dilation, spec.groups, oh, ow)
+            kern.dot2_conv(xp[n0:n1], wc, bias, b is not None, *args, yb, lo, bb)
+            bb += np.abs(lo)
+            bb *= 1 + 2.0**-51
     bound[~np.isfinite(y)] = np.inf
     return y, bound

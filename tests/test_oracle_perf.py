@@ -254,16 +254,20 @@ def test_rounds_to_matches_round_to_nearest_even():
 
 
 @pytest.mark.parametrize("family", ["uniform", "normal", "ties", "illcond", "mixed_cancel", "subnormal", "underflow"])
-@pytest.mark.parametrize("shape", ["columns", "sampled", "rows", "groups"])
+@pytest.mark.parametrize("shape", ["columns", "sampled", "rows", "groups", "shared_tiles"])
 def test_gemm_path_is_the_same_for_any_worker_count(family, shape):
     """Tiles dealt to 1, 2 or 3 worker threads (column blocks sharing rows split once, with and without the
-    prediction sample, or row tiles cut to a multiple of the workers): bitwise the same output and kahan
-    bound, and the exact output equals the direct path's (Numba Dot2 + exact integer sums)."""
+    prediction sample, or row tiles cut to a multiple of the workers; "shared_tiles": two groups of shared row
+    tiles, ten tiles each, so later tiles reuse the exponents the first one's chunk-scaled level 1 found):
+    bitwise the same output and kahan bound, and the exact output equals the direct path's (Numba Dot2 + exact
+    integer sums)."""
     from refconv.oracle._im2col import pad_nhwc
 
     rng = np.random.default_rng([21, FAMILIES.index(family)])
     xs, ws, groups = {"columns": ((1, 3, 4, 24), (3, 3, 24, 96), 1), "sampled": ((1, 5, 8, 16), (3, 3, 16, 256), 1),
-                      "rows": ((2, 9, 7, 12), (3, 3, 12, 20), 1), "groups": ((1, 6, 6, 16), (2, 2, 8, 40), 2)}[shape]
+                      "rows": ((2, 9, 7, 12), (3, 3, 12, 20), 1), "groups": ((1, 6, 6, 16), (2, 2, 8, 40), 2),
+                      "shared_tiles": ((1, 8, 8, 16), (3, 3, 8, 64), 2)}[shape]
+    workspace = 150_000 if shape == "shared_tiles" else 2**26
     x, w, b = family_values(family, rng, xs, ws)
     with np.errstate(all="ignore"):
         x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
@@ -274,13 +278,13 @@ def test_gemm_path_is_the_same_for_any_worker_count(family, shape):
         xp = np.ascontiguousarray(pad_nhwc(x, spec))
         outs = []
         for workers in (1, 2, 3):
-            kc, nb, rows = exact_mod._gemm_plan(spec, 2**26, workers)
+            kc, nb, rows = exact_mod._gemm_plan(spec, workspace, workers)
             tiles = -(-spec.N * spec.out_hw[0] * spec.out_hw[1] // rows) * -(-(spec.O // groups) // nb) * groups
             assert workers == 1 or tiles % workers == 0 or tiles >= 4 * workers, (workers, kc, nb, rows)
             shape_y = (spec.N, *spec.out_hw, spec.O)
             y, yk, bound = np.empty(shape_y), np.empty(shape_y), np.empty(shape_y)
-            assert exact_mod._gemm_exact(xp, w, b, spec, 2**26, y, exact_mod.ExactStats(), None, workers)
-            assert exact_mod._gemm_exact(xp, w, b, spec, 2**26, yk, exact_mod.ExactStats(), bound, workers)
+            assert exact_mod._gemm_exact(xp, w, b, spec, workspace, y, exact_mod.ExactStats(), None, workers)
+            assert exact_mod._gemm_exact(xp, w, b, spec, workspace, yk, exact_mod.ExactStats(), bound, workers)
             outs.append((y, yk, bound))
         ref, _ = exact_mod.conv2d_exact_nhwc(x, w, b, spec, path="direct")  # correctly rounded too, another way
     assert_bitwise_equal(outs[0][0], ref, f"{family}/{shape}: exact GEMM path")
@@ -302,6 +306,19 @@ def test_gemm_path_checks_the_weights_on_its_way():
         y = refconv.conv2d(x, wb, padding="SAME")
         assert (np.isnan(y[..., 5]) if bad != bad else np.isposinf(y[..., 5])).all(), "every window meets the bad tap"
         np.testing.assert_array_equal(np.delete(y, 5, axis=-1), np.delete(refconv.conv2d(x, w, padding="SAME"), 5, -1))
+    # A shared row tile reads most weights only while splitting them, chunk by chunk: found there too.
+    from refconv.oracle._im2col import pad_nhwc
+
+    x, w = rng.standard_normal((1, 4, 4, 128)), rng.standard_normal((3, 3, 128, 128))
+    spec = ConvSpec.from_arrays(x, w, None, padding="SAME")
+    assert exact_mod._gemm_plan(spec, 2_100_000, 2)[1] == 32  # (the shared plan: blocks of 32 columns)
+    xp = np.ascontiguousarray(pad_nhwc(x, spec))
+    for bad in (np.nan, -np.inf):
+        wb = w.copy()
+        wb.reshape(-1, 128)[700, 24] = bad  # (K-chunk 1; not one of block 0's 16 prediction-sample columns)
+        for bound in (None, np.empty((1, 4, 4, 128))):
+            y = np.empty((1, 4, 4, 128))
+            assert not exact_mod._gemm_exact(xp, wb, None, spec, 2_800_000, y, exact_mod.ExactStats(), bound, 2)
 
 
 def test_blas_limit_is_scoped():
@@ -432,9 +449,42 @@ def test_merged_level1_sums_are_exact():
     for mine in (chunks[0::3], chunks[1::3] + chunks[2::3]):
         p1, lo, t = np.empty(shape), np.empty(shape), np.empty(shape)
         for i, prod in enumerate(mine):
-            kern.accumulate_level1(i == 0, p1, lo, t, prod, zero, zero)
+            kern.accumulate_level1(i == 0, p1, lo, t, prod, zero, zero, np.ones(shape[1]))
         parts.append((p1, lo, t))
     (p1, lo, t), (q1, qlo, qt) = parts
     kern.merge_level1(p1, lo, t, q1, qlo, qt)
     for i, j in np.ndindex(shape):
         assert Fraction(p1[i, j]) + Fraction(lo[i, j]) == sum(Fraction(c[i, j]) for c in chunks)
+
+
+def test_chunk_scaled_level1_redoes_blocks_whose_chunks_differ_too_much(monkeypatch):
+    """A shared row tile's level 1 scales each K-chunk of a column by that chunk's own exponent, which keeps its
+    sums exact only while every chunk stays within _CHUNK_SPREAD binades of the column's first: a block with a
+    column whose chunks differ by 2^±20 is redone with exponents over all of K. Both kinds of block come out
+    bitwise equal to the direct path."""
+    from refconv.oracle._im2col import pad_nhwc
+
+    merged = []
+    real_merge = exact_mod._merge_level1
+
+    def spy(*args, **kwargs):
+        out = real_merge(*args, **kwargs)
+        merged.append(out is not None)
+        return out
+
+    monkeypatch.setattr(exact_mod, "_merge_level1", spy)
+    rng = np.random.default_rng(37)
+    x = rng.standard_normal((1, 4, 4, 128))
+    w = rng.standard_normal((3, 3, 128, 64))
+    wm = w.reshape(-1, 64)  # (K = 1152: chunks of 512 rows)
+    wm[512:1024, 40] *= 2.0**20
+    wm[1024:, 41] *= 2.0**-20
+    wm[512:1024, :24] *= 2.0**5  # within the spread
+    b = rng.standard_normal(64)
+    spec = ConvSpec.from_arrays(x, w, b, padding="SAME")
+    xp = np.ascontiguousarray(pad_nhwc(x, spec))
+    ref, _ = exact_mod.conv2d_exact_nhwc(x, w, b, spec, path="direct")
+    y = np.empty_like(ref)
+    assert exact_mod._gemm_exact(xp, w, b, spec, 2_100_000, y, exact_mod.ExactStats(), None, 2)
+    assert_bitwise_equal(y, ref, "chunk-scaled level 1")
+    assert True in merged and False in merged, merged

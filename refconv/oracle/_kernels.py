@@ -601,29 +601,136 @@ def unscaled_bound(err, ex, pab):
 
 
 @jit
-def accumulate_level1(first, p1, p1lo, t, prod, t1, t2):
-    """One K-chunk of level 1 in one pass: (p1, p1lo) += prod and t += t1 + t2 (``first``: start the sums).
+def accumulate_level1(first, p1, p1lo, t, prod, t1, t2, rel):
+    """One K-chunk of level 1 in one pass: (p1, p1lo) += prod·rel and t += (t1 + t2)·rel (``first``: start the
+    sums), with rel[j] = 2^(e_c - ref) per column (the chunk's column units to the sums' units; all ones when the
+    columns are scaled by their exponents over all of K).
 
     p1 by float addition and its exact error (TwoSum, Knuth) into p1lo: the chunks' digit products
-    are exact, every error is a multiple of the digit unit and p1lo sums them exactly, so p1 + p1lo
-    is the exact sum. The tail's chunk results are summed as a tree, which the bound of
-    :func:`refconv.oracle.exact.tail_gamma` covers (any order of the 2⌈K/kc⌉ chunk results).
+    are exact and so are their power-of-two rescalings (|e_c - ref| ≤ 12: :func:`split_cols_chunk`); every
+    error is a multiple of the finest chunk's digit unit 2^(-2β-12), p1 is below K·2^12 units of 2^ref, so p1lo
+    (at most 2⌈K/kc⌉ errors of at most half an ulp of p1) stays below 2^53 finest units and sums them
+    exactly: p1 + p1lo is the exact sum. The tail's chunk results are summed as a tree, which the bound of
+    :func:`refconv.oracle.exact.tail_gamma` covers (any order of the 2⌈K/kc⌉ chunk results); a rescaling that
+    underflows errs by at most 2^-1075, inside the certification's underflow slack.
     """
     for i in range(p1.shape[0]):
         for j in range(p1.shape[1]):
-            tt = t1[i, j] + t2[i, j]
+            tt = (t1[i, j] + t2[i, j]) * rel[j]
+            b = prod[i, j] * rel[j]
             if first:
-                p1[i, j] = prod[i, j]
+                p1[i, j] = b
                 p1lo[i, j] = 0.0
                 t[i, j] = tt
                 continue
             a = p1[i, j]
-            b = prod[i, j]
             s = a + b
             z = s - a
             p1lo[i, j] += (a - (s - z)) + (b - z)
             p1[i, j] = s
             t[i, j] += tt
+
+
+_CHUNK_SPREAD = 12  # most binades a K-chunk's column exponent may differ from the column's reference
+
+
+@jit
+def split_cols_chunk(mat, beta, c, j0, ref, a1, r1, cst, rel):
+    """Level 1's weight split of one K-chunk with the chunk's own column exponents e_c (no pass over all of K
+    first): rows c .. c + a1.shape[0], columns j0 .. j0 + a1.shape[1] of mat (K, N).
+
+    Digits as :func:`split_cols` (scaled by 2^-e_c); rel[j] = 2^(e_c - ref[j]) takes them to the units of the
+    column's reference exponent ref[j] (:func:`accumulate_level1`). Accumulates into cst (column-major):
+    [0] the largest e_c of a chunk with a nonzero value, [1] Σ|r1|·rel, [2] the smallest nonzero |w|,
+    [3] Σw² (unscaled, as :func:`col_exponents`), [4] 1 where some e_c is more than _CHUNK_SPREAD binades from
+    ref or beyond ±960 (the exactness argument of the sums does not cover it: the caller redoes the block with
+    exponents over all of K). Returns whether the chunk's values are all finite.
+    """
+    nq, ncols = a1.shape
+    cc = 1.5 * 2.0 ** (52 - beta)
+    amax = np.zeros(ncols)
+    amin = np.full(ncols, math.inf)
+    zero = np.zeros(ncols)
+    sq = np.zeros(ncols)
+    n4 = nq - nq % 4
+    for q in range(0, n4, 4):
+        x0, x1 = mat[c + q, j0 : j0 + ncols], mat[c + q + 1, j0 : j0 + ncols]
+        x2, x3 = mat[c + q + 2, j0 : j0 + ncols], mat[c + q + 3, j0 : j0 + ncols]
+        for j in range(ncols):
+            v0, v1, v2, v3 = abs(x0[j]), abs(x1[j]), abs(x2[j]), abs(x3[j])
+            amax[j] = max(amax[j], max(max(v0, v1), max(v2, v3)))
+            lo = min(min(nonzero_or_inf(v0), nonzero_or_inf(v1)), min(nonzero_or_inf(v2), nonzero_or_inf(v3)))
+            amin[j] = min(amin[j], lo)
+            zero[j] += (v0 * 0.0 + v1 * 0.0) + (v2 * 0.0 + v3 * 0.0)
+            sq[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+    for q in range(n4, nq):
+        for j in range(ncols):
+            v = abs(mat[c + q, j0 + j])
+            amax[j] = max(amax[j], v)
+            amin[j] = min(amin[j], nonzero_or_inf(v))
+            zero[j] += v * 0.0
+            sq[j] += v * v
+    finite = True
+    for j in range(ncols):
+        finite &= zero[j] == 0.0
+    if not finite:
+        return False
+    scale = np.empty(ncols)
+    for j in range(ncols):
+        e = math.frexp(amax[j])[1] if amax[j] > 0.0 else int(ref[j])
+        if abs(e - ref[j]) > _CHUNK_SPREAD or abs(e) > 960 or abs(ref[j]) > 960:
+            cst[4, j] = 1.0
+            e = int(ref[j]) if abs(ref[j]) <= 960 else 0
+        scale[j] = math.ldexp(1.0, -e)
+        rel[j] = math.ldexp(1.0, e - int(ref[j])) if abs(ref[j]) <= 960 else 1.0
+        if amax[j] > 0.0:
+            cst[0, j] = max(cst[0, j], e)
+        cst[2, j] = min(cst[2, j], amin[j])
+        cst[3, j] += sq[j]
+    s1 = np.zeros(ncols)
+    for q in range(0, n4, 4):
+        x0, x1 = mat[c + q, j0 : j0 + ncols], mat[c + q + 1, j0 : j0 + ncols]
+        x2, x3 = mat[c + q + 2, j0 : j0 + ncols], mat[c + q + 3, j0 : j0 + ncols]
+        for j in range(ncols):
+            sj = scale[j]
+            v0, v1, v2, v3 = x0[j] * sj, x1[j] * sj, x2[j] * sj, x3[j] * sj
+            d0, d1, d2, d3 = digit(v0, cc), digit(v1, cc), digit(v2, cc), digit(v3, cc)
+            e0, e1, e2, e3 = v0 - d0, v1 - d1, v2 - d2, v3 - d3
+            a1[q, j], a1[q + 1, j], a1[q + 2, j], a1[q + 3, j] = d0, d1, d2, d3
+            r1[q, j], r1[q + 1, j], r1[q + 2, j], r1[q + 3, j] = e0, e1, e2, e3
+            s1[j] += (abs(e0) + abs(e1)) + (abs(e2) + abs(e3))
+    for q in range(n4, nq):
+        for j in range(ncols):
+            vs = mat[c + q, j0 + j] * scale[j]
+            d = digit(vs, cc)
+            a1[q, j] = d
+            r1[q, j] = vs - d
+            s1[j] += abs(vs - d)
+    for j in range(ncols):
+        cst[1, j] += s1[j] * rel[j]
+    return True
+
+
+@jit
+def chunk_units_to_column(p1, p1lo, t, cst, ref, eb):
+    """After level 1 by :func:`split_cols_chunk`: the exponent E = max e_c of each column over all of K, the sums
+    rescaled from units 2^ref to 2^E (exact: E - ref ≤ _CHUNK_SPREAD, the sums' grids lie far above the
+    subnormals; a tail value that underflows errs by at most 2^-1075), and eb, the column statistics in the
+    format of :func:`col_exponents` with level 1's Σ|r1| (rounded up) in eb[1].
+    """
+    for j in range(eb.shape[1]):
+        e = int(cst[0, j]) if cst[0, j] > -1e9 else 0
+        f = math.ldexp(1.0, int(ref[j]) - e)
+        eb[0, j] = e
+        eb[1, j] = cst[1, j] * f * (1.0 + 2.0**-52) + 2.0**-1074
+        eb[2, j] = 1.0 if cst[2, j] < math.inf and math.ldexp(cst[2, j], -e) < 2.0**-1022 else 0.0
+        eb[3, j] = cst[3, j]
+        eb[4, j] = 0.0
+        eb[5, j] = 0.0
+        for i in range(p1.shape[0]):
+            p1[i, j] *= f
+            p1lo[i, j] *= f
+            t[i, j] *= f
 
 
 @jit
@@ -903,7 +1010,8 @@ _NAMESPACE = SimpleNamespace(
     row_exponents=row_exponents, col_exponents=col_exponents, split_rows=split_rows, split_cols=split_cols,
     finish_stats=finish_stats, accumulate_level1=accumulate_level1, combine_level1=combine_level1,
     any_nonzero_term=any_nonzero_term, predict_undecided=predict_undecided, combine_level2=combine_level2,
-    merge_level1=merge_level1, level1_col_bounds=level1_col_bounds,
+    merge_level1=merge_level1, level1_col_bounds=level1_col_bounds, split_cols_chunk=split_cols_chunk,
+    chunk_units_to_column=chunk_units_to_column,
     pairs_start=pairs_start, pairs_chunk=pairs_chunk, pairs_finish=pairs_finish, certify_direct=certify_direct,
 )
 

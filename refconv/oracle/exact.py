@@ -24,9 +24,12 @@ copy of the weights is made.
   Cauchy–Schwarz on the rows' Σxs², Σr1² and bounds of the columns' Σr1², Σa1² from the
   digit width and their Σw²: :func:`refconv.oracle._kernels.level1_col_bounds`). The K-chunks
   of a row tile shared by the workers are dealt out one at a time; each worker's sums are
-  merged exactly at the end (:func:`refconv.oracle._kernels.merge_level1`). p1, T and the
-  bias are added by TwoSum; an element is *decided* when its whole uncertainty
-  interval rounds to one float64.
+  merged exactly at the end (:func:`refconv.oracle._kernels.merge_level1`). There, each
+  chunk's columns are scaled by that chunk's own exponents, so the weights are read once
+  (:func:`refconv.oracle._kernels.split_cols_chunk`); the sums stay exact while every chunk is
+  within 12 binades of the column's first, and a block with a column that is not is redone
+  with exponents over all of K. p1, T and the bias are added by TwoSum; an element is
+  *decided* when its whole uncertainty interval rounds to one float64.
 * Level 2 (6 GEMMs): digits of β2 = ⌊(53 - ⌈log2 K⌉) / 2⌋ bits (exact over all of K),
   the remainders split once more (a2 with 2β2 bits); exact a1@b1, a1@b2, a2@b1 plus
   a float tail of relative size 2^-2β2. A tile goes straight to level 2 when p1 of
@@ -193,7 +196,8 @@ def gemm_conv(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> bool:
     """The GEMM path on padded NHWC xp and contiguous HWIO w; "kahan" mode when ``bound`` is given.
 
     xp and the bias must be finite; the weights are checked on the way (one pass finds their
-    column exponents): returns False, having computed nothing, if one is NaN or ±inf.
+    column exponents, or while it splits them): returns False if one is NaN or ±inf (y and bound are then
+    incomplete; the callers compute them another way).
 
     Runs on ``numba.get_num_threads()`` worker threads, each calling BLAS single-threaded on its own
     tiles (see :func:`single_threaded_blas`); with one thread, or where BLAS's thread count cannot be
@@ -360,10 +364,13 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     Dot2 value instead of going to the exact integer dot product, and ``bound``
     receives the rigorous per-element error bound (the BLAS results enter only
     through certified roundings, so the output does not depend on BLAS's order).
-    Tiles (a column block x a block of output rows) are dealt round-robin to
-    ``workers`` threads (BLAS should then be single-threaded: :func:`single_threaded_blas`);
-    every tile is computed the same way whoever computes it. Returns False (nothing computed)
-    if a weight is not finite.
+    The work is a :class:`_TaskGraph` run by ``workers`` threads (BLAS should then be
+    single-threaded: :func:`single_threaded_blas`): the column exponents, then whole tiles (a column
+    block x a block of output rows); or, where the workers share a row tile, the blocks' exponents and
+    predictions, the tile's row split, level 2 of the blocks predicted to need it, and level 1 by
+    (block, K-chunk), each worker summing its chunks apart (merged exactly by whoever sums a block's
+    last chunk, which then finishes that tile). Every element comes out the same whoever computes what.
+    Returns False if a weight is not finite (the outputs then incomplete).
     """
     from ._kernels import kernels
 
@@ -428,13 +435,27 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                    functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols, y2, bound2, pre, frac, level1)
 
     def columns(blk: int, m0: int | None, slot: int, ws) -> None:
-        """Item: the block's column exponents (the graph stops if a weight is not finite), then its prediction
-        for the shared row tile at m0, unless m0 is None."""
-        eb, sample_w, finite = col_exp[blk] = column_exponents(blk)
-        if not finite:
+        """Item: the block's column exponents over all of K (the graph stops if a weight is not finite); or, for
+        the shared row tile at m0, only reference exponents from the first K-chunk (level 1 scales each chunk by
+        its own: :func:`refconv.oracle._kernels.split_cols_chunk`, which also checks the weights) and the sample
+        columns' exponents, then the block's prediction."""
+        if m0 is None:
+            col_exp[blk] = column_exponents(blk)
+            if not col_exp[blk][2]:
+                graph.stop()
+            return
+        j0 = blocks[blk][1].start
+        st = np.zeros((_NSTATS, width(blk)))
+        eb = np.zeros((_NSTATS, min(width(blk), _SAMPLE_COLS)))
+        sample_w = samples[offsets[blk] : offsets[blk + 1]].reshape(k, sample_cols[blk])
+        if not (kern.col_exponents(wmat[: chunks[0][1]], j0, st, np.empty((1, 0)))
+                and kern.col_exponents(wmat, j0, eb, sample_w)):
             graph.stop()
-        elif m0 is not None:
-            predict(blk, m0, slot, ws)
+            return
+        refs[blk] = st[0].copy()
+        col_exp[blk] = (None, sample_w, True)  # (the exponents over all of K come with level 1)
+        fracs[blk] = _predict(kern, ws, xp, geometry(blk), betas[0], wmat, blocks[blk][1], sample_w, sample_chunks,
+                              m0, min(total, m0 + rows_max) - m0, eb, b, k, tgamma1)
 
     def predict(blk: int, m0: int, slot: int, ws) -> None:
         """Item: :func:`_predict` for the block and the shared row tile at m0 (it splits its own sample rows)."""
@@ -453,6 +474,11 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     def level2_tile(blk: int, m0: int, slot: int, ws) -> None:
         """Item: the whole tile (blk, m0) of the shared row tile if it is predicted to need level 2."""
         if fracs[blk] > _REFINE_FRACTION:
+            if col_exp[blk][0] is None:
+                col_exp[blk] = column_exponents(blk)  # (finite: the reference pass checked the sample's columns,
+                if not col_exp[blk][2]:  # not all of them)
+                    graph.stop()
+                    return
             tile(blk, m0, slot, ws, frac=fracs[blk])
 
     def level1_chunk(blk: int, m0: int, ci: int, pre: tuple, slot: int, ws) -> None:
@@ -462,16 +488,31 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
             return
         *acc, s_c = accs[slot][blk]
         first = blk not in started[slot]
-        if first:
+        ref = refs.get(blk)
+        if first and ref is None:
             s_c[:] = col_exp[blk][0]  # exponents and lossy flags; the sums start at zero
-        _level1_chunk(kern, ws, wmat, betas[0], chunks[ci][0], blocks[blk][1], pre[0][ci], acc, s_c, first)
+        elif first:
+            s_c[:] = 0.0
+            s_c[0], s_c[2] = -np.inf, np.inf  # (running maximum and minimum)
+        if not _level1_chunk(kern, ws, wmat, betas[0], chunks[ci][0], blocks[blk][1], pre[0][ci], acc, s_c, first,
+                             ref):
+            graph.stop()  # a weight is not finite
+            return
         started[slot].add(blk)
         with lock:
             remaining[blk] -= 1
             last = remaining[blk] == 0
-        if last:
-            parts = [accs[w][blk] for w in range(workers) if blk in started[w]]
-            tile(blk, m0, slot, ws, pre, fracs[blk], _merge_level1(kern, parts, pre[1], k, betas[0]))
+        if not last:
+            return
+        parts = [accs[w][blk] for w in range(workers) if blk in started[w]]
+        level1 = _merge_level1(kern, parts, pre[1], k, betas[0], ref)
+        if level1 is None:  # a chunk's exponents too far from the reference: exponents over all of K, level 1 anew
+            col_exp[blk] = column_exponents(blk)
+        else:
+            eb = level1[2].T.copy()  # exponents, lossy flags and Σw² (bounds: level 2, later row tiles' level 1)
+            eb[[1, 4, 5]] = 0.0
+            col_exp[blk] = (eb, col_exp[blk][1], True)
+        tile(blk, m0, slot, ws, pre, fracs[blk], level1)
 
     with _scratch.arena("caller") as main_ws:
         samples = main_ws.array("samples", (int(offsets[-1]),))
@@ -494,6 +535,7 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                 # row split, level 2 of the blocks predicted to need it, then level 1 by (block, K-chunk).
                 graph = _TaskGraph()
                 fracs: dict[int, float] = {}
+                refs: dict[int, np.ndarray] = {}  # the blocks whose level 1 scales each K-chunk by its own exponents
                 first = col_exp[0] is None
                 for blk in range(len(blocks)) if first else group:
                     graph.add(col_keys[blk], functools.partial(columns, blk, m0 if blk in group else None) if first
@@ -528,6 +570,7 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
         stats.refined_tiles += part.refined_tiles
         stats.fallbacks += part.fallbacks
     return True
+
 
 def _gemm_tile(kern, ws, xp, wmat, b, geo, betas, k, all_chunks, m0, rows, eb, sample_w, tgammas, stats, fallback,
                cols, y2, bound2, pre=None, frac=None, level1=None) -> None:
@@ -637,13 +680,28 @@ class _TaskGraph:
                     self._done[key].set()
 
 
-def _merge_level1(kern, parts: list, row_st: np.ndarray, k: int, beta: int) -> tuple:
+def _merge_level1(kern, parts: list, row_st: np.ndarray, k: int, beta: int, ref=None) -> tuple | None:
     """Level 1's results for a block (as :func:`_level_pass` returns them) from the workers' partial sums ``parts``
-    ((p1, p1lo, t, column statistics) each, over disjoint K-chunks) and the rows' unfinished statistics."""
+    ((p1, p1lo, t, column statistics) each, over disjoint K-chunks) and the rows' unfinished statistics.
+
+    With ``ref`` (the columns' reference exponents: chunk-scaled level 1) the column statistics are those of
+    :func:`refconv.oracle._kernels.split_cols_chunk`, and the sums are taken to the units of the exponents over
+    all of K; None if some chunk's exponents were too far from the reference for the sums to be exact."""
     (p1, p1lo, t, s_c), *rest = parts
     for q1, q1lo, qt, q_c in rest:
         kern.merge_level1(p1, p1lo, t, q1, q1lo, qt)
-        s_c[1] += q_c[1]  # Σ|r1| (the only column sum level 1 takes: :func:`_level1_chunk`)
+        if ref is None:
+            s_c[1] += q_c[1]  # Σ|r1| (the only column sum level 1 takes: :func:`_level1_chunk`)
+        else:
+            s_c[[0, 4]] = np.maximum(s_c[[0, 4]], q_c[[0, 4]])
+            s_c[[1, 3]] += q_c[[1, 3]]
+            s_c[2] = np.minimum(s_c[2], q_c[2])
+    if ref is not None:
+        if s_c[4].any():
+            return None
+        eb = np.empty_like(s_c)
+        kern.chunk_units_to_column(p1, p1lo, t, s_c, ref, eb)
+        s_c = eb
     return (p1, p1lo, t), *_finish_level1_stats(kern, row_st.copy(), s_c, k, beta), None, None
 
 
@@ -694,21 +752,31 @@ def _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, 
     return kern.predict_undecided(p1, s_a, s_b, bias, b is not None, k, tgamma1) / p1.size
 
 
-def _level1_chunk(kern, ws, wmat, beta, c, cols, row_digits, acc, s_c, first) -> None:
+def _level1_chunk(kern, ws, wmat, beta, c, cols, row_digits, acc, s_c, first, ref=None) -> bool:
     """Level 1 of one K-chunk (from c) of a column block, its rows split (``row_digits`` = xs, a1, r1): the weights'
     digits (their Σ|r1| into s_c; the squares are bounded afterwards: :func:`_finish_level1_stats`), the GEMMs
     a1_A·a1_B (exact), xs_A·r1_B and r1_A·a1_B (the tail), added to acc = (p1, p1lo, t) by
-    :func:`refconv.oracle._kernels.accumulate_level1` (``first``: start the sums)."""
+    :func:`refconv.oracle._kernels.accumulate_level1` (``first``: start the sums).
+
+    The columns are scaled by their exponents over all of K (in s_c[0]), or with ``ref`` (the columns'
+    reference exponents) by the chunk's own (:func:`refconv.oracle._kernels.split_cols_chunk`, whose statistics
+    s_c then holds); returns False if the chunk has a value that is not finite (only checked with ``ref``)."""
     xs_a, a1_a, r1_a = row_digits
     nr, width = a1_a.shape
     nj = cols.stop - cols.start
     none2 = np.empty((1, 1))
     a1_b, r1_b = (ws.array(f"b{i}", (width, nj)) for i in range(2))
-    kern.split_cols(wmat, beta, c, cols.start, False, False, a1_b, r1_b, none2, none2, s_c, none2)
+    rel = ws.array("rel", (nj,))
+    if ref is None:
+        rel.fill(1.0)
+        kern.split_cols(wmat, beta, c, cols.start, False, False, a1_b, r1_b, none2, none2, s_c, none2)
+    elif not kern.split_cols_chunk(wmat, beta, c, cols.start, ref, a1_b, r1_b, s_c, rel):
+        return False
     prods = tuple(ws.array(f"prod{i}", (nr, nj)) for i in range(3))
     for dest, (fa, fb) in zip(prods, [(a1_a, a1_b), (xs_a, r1_b), (r1_a, a1_b)]):
         np.matmul(fa, fb, out=dest)
-    kern.accumulate_level1(first, *acc, *prods)
+    kern.accumulate_level1(first, *acc, *prods, rel)
+    return True
 
 
 def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, pre=None):

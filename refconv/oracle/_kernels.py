@@ -718,19 +718,22 @@ def chunk_units_to_column(p1, p1lo, t, cst, ref, eb):
     subnormals; a tail value that underflows errs by at most 2^-1075), and eb, the column statistics in the
     format of :func:`col_exponents` with level 1's Σ|r1| (rounded up) in eb[1].
     """
-    for j in range(eb.shape[1]):
+    ncols = eb.shape[1]
+    f = np.empty(ncols)
+    for j in range(ncols):
         e = int(cst[0, j]) if cst[0, j] > -1e9 else 0
-        f = math.ldexp(1.0, int(ref[j]) - e)
+        f[j] = math.ldexp(1.0, int(ref[j]) - e)
         eb[0, j] = e
-        eb[1, j] = cst[1, j] * f * (1.0 + 2.0**-52) + 2.0**-1074
+        eb[1, j] = cst[1, j] * f[j] * (1.0 + 2.0**-52) + 2.0**-1074
         eb[2, j] = 1.0 if cst[2, j] < math.inf and math.ldexp(cst[2, j], -e) < 2.0**-1022 else 0.0
         eb[3, j] = cst[3, j]
         eb[4, j] = 0.0
         eb[5, j] = 0.0
-        for i in range(p1.shape[0]):
-            p1[i, j] *= f
-            p1lo[i, j] *= f
-            t[i, j] *= f
+    for i in range(p1.shape[0]):  # (row by row: the arrays are row-major)
+        for j in range(ncols):
+            p1[i, j] *= f[j]
+            p1lo[i, j] *= f[j]
+            t[i, j] *= f[j]
 
 
 @jit

@@ -342,6 +342,8 @@ def col_exponents(mat, j0, st, copy):
             amin[j] = min(amin[j], lo)
             zero[j] += (v0 * 0.0 + v1 * 0.0) + (v2 * 0.0 + v3 * 0.0)
             sq[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+        for j in range(ncopy):  # (while the rows are in cache: a second pass would fetch them again)
+            copy[kk, j], copy[kk + 1, j], copy[kk + 2, j], copy[kk + 3, j] = x0[j], x1[j], x2[j], x3[j]
     for kk in range(k4, k):
         for j in range(ncols):
             v = abs(mat[kk, j0 + j])
@@ -349,10 +351,8 @@ def col_exponents(mat, j0, st, copy):
             amin[j] = min(amin[j], nonzero_or_inf(v))
             zero[j] += v * 0.0
             sq[j] += v * v
-    if ncopy:
-        for kk in range(k):
-            for j in range(ncopy):
-                copy[kk, j] = mat[kk, j0 + j]
+        for j in range(ncopy):
+            copy[kk, j] = mat[kk, j0 + j]
     for j in range(ncols):
         e = math.frexp(amax[j])[1]
         st[0, j] = e

@@ -214,18 +214,10 @@ def gemm_conv(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> bool:
         numba.set_num_threads(workers)
 
 
-def _run_all(pool: ThreadPoolExecutor, fn, *iterables) -> list:
-    """``list(pool.map(fn, ...))``, but returning (or raising the first error) only once every call has
-    finished, so that no worker still uses the caller's buffers after it has moved on."""
-    futures = [pool.submit(fn, *args) for args in zip(*iterables)]
-    concurrent.futures.wait(futures)
-    return [f.result() for f in futures]
-
-
-def _worker_pool(workers: int) -> ThreadPoolExecutor:
-    """The GEMM path's worker threads, started once per worker count and process (≈ 1 ms per call saved;
-    a forked child, which has none of its parent's threads, starts its own)."""
-    return _pool_for(workers, os.getpid())
+def _worker_pool(helpers: int) -> ThreadPoolExecutor:
+    """The GEMM path's helper threads (the calling thread is the first worker), started once per count and
+    process (≈ 1 ms per call saved; a forked child, which has none of its parent's threads, starts its own)."""
+    return _pool_for(helpers, os.getpid())
 
 
 @functools.cache
@@ -474,9 +466,9 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     def level2_tile(blk: int, m0: int, slot: int, ws) -> None:
         """Item: the whole tile (blk, m0) of the shared row tile if it is predicted to need level 2."""
         if fracs[blk] > _REFINE_FRACTION:
-            if col_exp[blk][0] is None:
-                col_exp[blk] = column_exponents(blk)  # (finite: the reference pass checked the sample's columns,
-                if not col_exp[blk][2]:  # not all of them)
+            if col_exp[blk][0] is None:  # (only the first chunk's were found): exponents over all of K
+                col_exp[blk] = column_exponents(blk)
+                if not col_exp[blk][2]:
                     graph.stop()
                     return
             tile(blk, m0, slot, ws, frac=fracs[blk])
@@ -651,11 +643,16 @@ class _TaskGraph:
         self.stopped = True
 
     def run(self, workers: int) -> None:
-        """Run the items on ``workers`` threads of the worker pool (on the calling thread if one)."""
-        if workers == 1:
+        """Run the items on the calling thread and ``workers - 1`` helper threads (the caller starts at once,
+        whatever the helpers' wake-up takes); returns, or raises the first error, once every worker has
+        finished, so that none still uses the caller's buffers."""
+        helpers = [_worker_pool(workers - 1).submit(self._work, slot) for slot in range(1, workers)]
+        try:
             self._work(0)
-        else:
-            _run_all(_worker_pool(workers), self._work, range(workers))
+        finally:
+            concurrent.futures.wait(helpers)
+        for helper in helpers:
+            helper.result()
 
     def _work(self, slot: int) -> None:
         import numba

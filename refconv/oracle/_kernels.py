@@ -315,24 +315,18 @@ def nonzero_or_inf(v):
 
 
 @jit
-def col_exponents(mat, j0, st, copy):
-    """:func:`row_exponents` for the columns j0 .. j0 + st.shape[1] of mat (K, N), column-major: st[0, j], st[2, j];
-    also st[3, j] = the float sum Σw² of the unscaled column (see :func:`level1_col_bounds`).
-
-    Also copies the first copy.shape[1] of those columns into ``copy`` (K, ·) on the way (the
-    prediction sample's weights, which a strided read would fetch a cache line per row for).
-    Four rows at a time, so that the running maxima are loaded and stored once per four values.
-    Returns whether all those values are finite (v·0 is NaN exactly for NaN and ±inf).
-    """
-    k = mat.shape[0]
-    ncols = st.shape[1]
+def column_stats(mat, k0, k1, j0, ncols, copy):
+    """Per column j0 .. j0 + ncols of rows k0 .. k1 of mat (K, N): max |w|, the smallest nonzero |w|, Σ w·0 (NaN
+    exactly if a value is NaN or ±inf) and Σw²; copies the first copy.shape[1] of those columns into ``copy`` on
+    the way (while the rows are in cache). Four rows at a time, so that the running values are loaded and stored
+    once per four."""
     ncopy = copy.shape[1]
     amax = np.zeros(ncols)
     amin = np.full(ncols, math.inf)
     zero = np.zeros(ncols)
     sq = np.zeros(ncols)
-    k4 = k - k % 4
-    for kk in range(0, k4, 4):
+    k4 = k1 - (k1 - k0) % 4
+    for kk in range(k0, k4, 4):
         x0, x1 = mat[kk, j0 : j0 + ncols], mat[kk + 1, j0 : j0 + ncols]
         x2, x3 = mat[kk + 2, j0 : j0 + ncols], mat[kk + 3, j0 : j0 + ncols]
         for j in range(ncols):
@@ -342,9 +336,10 @@ def col_exponents(mat, j0, st, copy):
             amin[j] = min(amin[j], lo)
             zero[j] += (v0 * 0.0 + v1 * 0.0) + (v2 * 0.0 + v3 * 0.0)
             sq[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
-        for j in range(ncopy):  # (while the rows are in cache: a second pass would fetch them again)
-            copy[kk, j], copy[kk + 1, j], copy[kk + 2, j], copy[kk + 3, j] = x0[j], x1[j], x2[j], x3[j]
-    for kk in range(k4, k):
+        for j in range(ncopy):
+            q = kk - k0
+            copy[q, j], copy[q + 1, j], copy[q + 2, j], copy[q + 3, j] = x0[j], x1[j], x2[j], x3[j]
+    for kk in range(k4, k1):
         for j in range(ncols):
             v = abs(mat[kk, j0 + j])
             amax[j] = max(amax[j], v)
@@ -352,7 +347,21 @@ def col_exponents(mat, j0, st, copy):
             zero[j] += v * 0.0
             sq[j] += v * v
         for j in range(ncopy):
-            copy[kk, j] = mat[kk, j0 + j]
+            copy[kk - k0, j] = mat[kk, j0 + j]
+    return amax, amin, zero, sq
+
+
+@jit
+def col_exponents(mat, j0, st, copy):
+    """:func:`row_exponents` for the columns j0 .. j0 + st.shape[1] of mat (K, N), column-major: st[0, j], st[2, j];
+    also st[3, j] = the float sum Σw² of the unscaled column (see :func:`level1_col_bounds`).
+
+    Also copies the first copy.shape[1] of those columns into ``copy`` (K, ·) on the way (the
+    prediction sample's weights, which a strided read would fetch a cache line per row for).
+    Returns whether all those values are finite (:func:`column_stats`).
+    """
+    ncols = st.shape[1]
+    amax, amin, zero, sq = column_stats(mat, 0, mat.shape[0], j0, ncols, copy)
     for j in range(ncols):
         e = math.frexp(amax[j])[1]
         st[0, j] = e
@@ -647,67 +656,28 @@ def split_cols_chunk(mat, beta, c, j0, ref, a1, r1, cst, rel):
     exponents over all of K). Returns whether the chunk's values are all finite.
     """
     nq, ncols = a1.shape
-    cc = 1.5 * 2.0 ** (52 - beta)
-    amax = np.zeros(ncols)
-    amin = np.full(ncols, math.inf)
-    zero = np.zeros(ncols)
-    sq = np.zeros(ncols)
-    n4 = nq - nq % 4
-    for q in range(0, n4, 4):
-        x0, x1 = mat[c + q, j0 : j0 + ncols], mat[c + q + 1, j0 : j0 + ncols]
-        x2, x3 = mat[c + q + 2, j0 : j0 + ncols], mat[c + q + 3, j0 : j0 + ncols]
-        for j in range(ncols):
-            v0, v1, v2, v3 = abs(x0[j]), abs(x1[j]), abs(x2[j]), abs(x3[j])
-            amax[j] = max(amax[j], max(max(v0, v1), max(v2, v3)))
-            lo = min(min(nonzero_or_inf(v0), nonzero_or_inf(v1)), min(nonzero_or_inf(v2), nonzero_or_inf(v3)))
-            amin[j] = min(amin[j], lo)
-            zero[j] += (v0 * 0.0 + v1 * 0.0) + (v2 * 0.0 + v3 * 0.0)
-            sq[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
-    for q in range(n4, nq):
-        for j in range(ncols):
-            v = abs(mat[c + q, j0 + j])
-            amax[j] = max(amax[j], v)
-            amin[j] = min(amin[j], nonzero_or_inf(v))
-            zero[j] += v * 0.0
-            sq[j] += v * v
+    amax, amin, zero, sq = column_stats(mat, c, c + nq, j0, ncols, np.empty((1, 0)))
     finite = True
     for j in range(ncols):
         finite &= zero[j] == 0.0
     if not finite:
         return False
-    scale = np.empty(ncols)
+    st = np.zeros((6, ncols))  # the chunk's exponents, for split_cols (which sums Σ|r1| into st[1])
     for j in range(ncols):
         e = math.frexp(amax[j])[1] if amax[j] > 0.0 else int(ref[j])
         if abs(e - ref[j]) > _CHUNK_SPREAD or abs(e) > 960 or abs(ref[j]) > 960:
             cst[4, j] = 1.0
             e = int(ref[j]) if abs(ref[j]) <= 960 else 0
-        scale[j] = math.ldexp(1.0, -e)
+        st[0, j] = e
         rel[j] = math.ldexp(1.0, e - int(ref[j])) if abs(ref[j]) <= 960 else 1.0
         if amax[j] > 0.0:
             cst[0, j] = max(cst[0, j], e)
         cst[2, j] = min(cst[2, j], amin[j])
         cst[3, j] += sq[j]
-    s1 = np.zeros(ncols)
-    for q in range(0, n4, 4):
-        x0, x1 = mat[c + q, j0 : j0 + ncols], mat[c + q + 1, j0 : j0 + ncols]
-        x2, x3 = mat[c + q + 2, j0 : j0 + ncols], mat[c + q + 3, j0 : j0 + ncols]
-        for j in range(ncols):
-            sj = scale[j]
-            v0, v1, v2, v3 = x0[j] * sj, x1[j] * sj, x2[j] * sj, x3[j] * sj
-            d0, d1, d2, d3 = digit(v0, cc), digit(v1, cc), digit(v2, cc), digit(v3, cc)
-            e0, e1, e2, e3 = v0 - d0, v1 - d1, v2 - d2, v3 - d3
-            a1[q, j], a1[q + 1, j], a1[q + 2, j], a1[q + 3, j] = d0, d1, d2, d3
-            r1[q, j], r1[q + 1, j], r1[q + 2, j], r1[q + 3, j] = e0, e1, e2, e3
-            s1[j] += (abs(e0) + abs(e1)) + (abs(e2) + abs(e3))
-    for q in range(n4, nq):
-        for j in range(ncols):
-            vs = mat[c + q, j0 + j] * scale[j]
-            d = digit(vs, cc)
-            a1[q, j] = d
-            r1[q, j] = vs - d
-            s1[j] += abs(vs - d)
+    none2 = np.empty((1, 1))
+    split_cols(mat, beta, c, j0, False, False, a1, r1, none2, none2, st, none2)  # (from cache: pass 2)
     for j in range(ncols):
-        cst[1, j] += s1[j] * rel[j]
+        cst[1, j] += st[1, j] * rel[j]
     return True
 
 

@@ -254,11 +254,12 @@ def test_rounds_to_matches_round_to_nearest_even():
 
 
 @pytest.mark.parametrize("family", ["uniform", "normal", "ties", "illcond", "mixed_cancel", "subnormal", "underflow"])
-@pytest.mark.parametrize("shape", ["columns", "sampled", "rows", "groups", "shared_tiles"])
+@pytest.mark.parametrize("shape", ["columns", "sampled", "rows", "groups", "shared_tiles", "tiny_shared_tiles"])
 def test_gemm_path_is_the_same_for_any_worker_count(family, shape):
     """Tiles dealt to 1, 2 or 3 worker threads (column blocks sharing rows split once, with and without the
     prediction sample, or row tiles cut to a multiple of the workers; "shared_tiles": two groups of shared row
-    tiles, ten tiles each, so later tiles reuse the exponents the first one's chunk-scaled level 1 found):
+    tiles, ten tiles each, so later tiles reuse the exponents the first one's chunk-scaled level 1 found;
+    "tiny_shared_tiles": shared row tiles of fewer rows than workers):
     bitwise the same output and kahan bound, and the exact output equals the direct path's (Numba Dot2 + exact
     integer sums)."""
     from refconv.oracle._im2col import pad_nhwc
@@ -266,8 +267,9 @@ def test_gemm_path_is_the_same_for_any_worker_count(family, shape):
     rng = np.random.default_rng([21, FAMILIES.index(family)])
     xs, ws, groups = {"columns": ((1, 3, 4, 24), (3, 3, 24, 96), 1), "sampled": ((1, 5, 8, 16), (3, 3, 16, 256), 1),
                       "rows": ((2, 9, 7, 12), (3, 3, 12, 20), 1), "groups": ((1, 6, 6, 16), (2, 2, 8, 40), 2),
-                      "shared_tiles": ((1, 8, 8, 16), (3, 3, 8, 64), 2)}[shape]
-    workspace = 150_000 if shape == "shared_tiles" else 2**26
+                      "shared_tiles": ((1, 8, 8, 16), (3, 3, 8, 64), 2),
+                      "tiny_shared_tiles": ((2, 5, 2, 64), (3, 2, 64, 48), 1)}[shape]
+    workspace = 150_000 if "shared_tiles" in shape else 2**26
     x, w, b = family_values(family, rng, xs, ws)
     with np.errstate(all="ignore"):
         x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)

@@ -538,7 +538,7 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                 st.fill(0.0)
                 pre = ([tuple(main_ws.array(f"pre{i}_{ci}", (rows, c_end - c)) for i in range(3))
                         for ci, (c, c_end) in enumerate(chunks)], st)
-                cuts = [rows * i // workers for i in range(workers + 1)]
+                cuts = sorted({rows * i // workers for i in range(workers + 1)})  # (fewer rows than workers: fewer)
                 row_keys = [("rows", lo) for lo in cuts[:-1]]
                 for lo, hi in zip(cuts[:-1], cuts[1:]):
                     graph.add(("rows", lo), functools.partial(split_tile_rows, g0, m0, pre, lo, hi))
@@ -636,6 +636,8 @@ class _TaskGraph:
         self.stopped = False
 
     def add(self, key, fn, deps=()) -> None:
+        if key in self._done:
+            raise ValueError(f"task graph: the key {key!r} is taken (an item's completion would release another's)")
         self._done[key] = threading.Event()
         self._items.append((key, fn, [self._done[d] for d in deps]))
 

@@ -490,3 +490,37 @@ def test_chunk_scaled_level1_redoes_blocks_whose_chunks_differ_too_much(monkeypa
     assert exact_mod._gemm_exact(xp, w, b, spec, 2_100_000, y, exact_mod.ExactStats(), None, 2)
     assert_bitwise_equal(y, ref, "chunk-scaled level 1")
     assert True in merged and False in merged, merged
+
+
+def test_gemm_path_on_random_small_convs_with_tiny_workspaces():
+    """Random shapes, groups, strides, paddings, value families and workspaces small enough for row tiles of a few
+    rows (and fewer than the workers): the GEMM path with 2 and 3 workers is bitwise the direct path (a version
+    of this check, run longer, found a race in the task graph)."""
+    from refconv.errors import ShapeError
+    from refconv.oracle._im2col import pad_nhwc
+
+    rng = np.random.default_rng(41)
+    done = 0
+    while done < 12:
+        groups, cg, og = int(rng.choice([1, 2])), int(rng.choice([8, 24, 64])), int(rng.choice([16, 32, 48]))
+        kh, kw, h, w_ = (int(v) for v in rng.integers(1, 4, 2).tolist() + rng.integers(2, 7, 2).tolist())
+        family = str(rng.choice(FAMILIES))
+        x, w, b = family_values(family, rng, (int(rng.integers(1, 3)), h, w_, cg * groups), (kh, kw, cg, og * groups))
+        with np.errstate(all="ignore"):
+            x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+            b = None if b is None else np.asarray(b, np.float64)
+            if not (np.isfinite(x).all() and np.isfinite(w).all() and (b is None or np.isfinite(b).all())):
+                continue
+            try:
+                spec = ConvSpec.from_arrays(x, w, b, padding=str(rng.choice(["SAME", "VALID"])), groups=groups,
+                                            stride=int(rng.integers(1, 3)))
+            except ShapeError:
+                continue
+            xp = np.ascontiguousarray(pad_nhwc(x, spec))
+            ref, _ = exact_mod.conv2d_exact_nhwc(x, w, b, spec, path="direct")
+            workspace = int(rng.choice([60_000, 150_000, 600_000]))
+            for workers in (2, 3):
+                y = np.empty_like(ref)
+                assert exact_mod._gemm_exact(xp, w, b, spec, workspace, y, exact_mod.ExactStats(), None, workers)
+                assert_bitwise_equal(y, ref, f"{family} {x.shape} {w.shape} groups={groups} ws={workspace} x{workers}")
+        done += 1

@@ -446,13 +446,14 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
             return
         refs[blk] = st[0].copy()
         col_exp[blk] = (None, sample_w, True)  # (the exponents over all of K come with level 1)
-        fracs[blk] = _predict(kern, ws, xp, geometry(blk), betas[0], wmat, blocks[blk][1], sample_w, sample_chunks,
-                              m0, min(total, m0 + rows_max) - m0, eb, b, k, tgamma1)
+        predict(blk, m0, slot, ws, eb)
 
-    def predict(blk: int, m0: int, slot: int, ws) -> None:
-        """Item: :func:`_predict` for the block and the shared row tile at m0 (it splits its own sample rows)."""
+    def predict(blk: int, m0: int, slot: int, ws, eb=None) -> None:
+        """Item: :func:`_predict` for the block and the shared row tile at m0 (it splits its own sample rows);
+        ``eb``: the sample columns' exponents, if the block's are not known yet."""
         fracs[blk] = _predict(kern, ws, xp, geometry(blk), betas[0], wmat, blocks[blk][1], col_exp[blk][1],
-                              sample_chunks, m0, min(total, m0 + rows_max) - m0, col_exp[blk][0], b, k, tgamma1)
+                              sample_chunks, m0, min(total, m0 + rows_max) - m0, col_exp[blk][0] if eb is None else eb,
+                              b, k, tgamma1)
 
     def split_tile_rows(blk: int, m0: int, pre: tuple, lo: int, hi: int, slot: int, ws) -> None:
         """Item: rows lo .. hi of the shared row tile at m0: exponents, digits of every K-chunk, and their sums."""

@@ -524,3 +524,73 @@ def test_gemm_path_on_random_small_convs_with_tiny_workspaces():
                 assert exact_mod._gemm_exact(xp, w, b, spec, workspace, y, exact_mod.ExactStats(), None, workers)
                 assert_bitwise_equal(y, ref, f"{family} {x.shape} {w.shape} groups={groups} ws={workspace} x{workers}")
         done += 1
+
+
+def test_chunk_split_keeps_the_reference_scale_only_where_the_sums_stay_exact():
+    """split_cols_chunk makes every column's digits at its reference exponent in one pass, and keeps them where
+    the chunk's own exponent e is ref or ref - 1 (|digit| ≤ 1), or ref + 1 with √(n·Σw²)·2^-ref below
+    2^(52-2β) (so Σ|digit| < 2^(53-2β) and the digit products, any |row digit| ≤ 1, sum exactly); any other
+    column is split again at e (rel = 2^(e - ref)), and one beyond _CHUNK_SPREAD binades is flagged."""
+    from refconv.oracle._kernels import _CHUNK_SPREAD, kernels
+
+    kern = kernels()
+    beta, nq = exact_mod.digit_bits(512), 512
+    rng = np.random.default_rng(43)
+    mat = rng.uniform(-1, 1, (2 * nq, 8)) * 0.75  # chunk 0: max in [0.5, 1) in every column: ref = 0
+    mat[0] = 0.99
+    chunk = mat[nq:]
+    chunk[:, 1] *= 0.5  # e = -1: kept
+    chunk[:, 2] = rng.standard_normal(nq) * 0.25
+    chunk[0, 2] = 1.5  # e = 1, Σ small: kept
+    chunk[:, 3] = 1.5  # e = 1, √(n·Σw²) = 768 > 2^(52-2β): split again at e
+    chunk[:, 4] *= 2.0**-3  # e = -3: split again
+    chunk[:, 5] *= 2.0 ** (_CHUNK_SPREAD + 1)  # flagged (the caller redoes the block)
+    chunk[:, 6] = 0.0  # an all-zero chunk: kept
+    e_own = [int(np.frexp(np.abs(chunk[:, j]).max())[1]) for j in range(8)]
+    assert e_own[:6] == [0, -1, 1, 1, -3, _CHUNK_SPREAD + 1], e_own
+    ref = np.zeros(8)
+    cst = np.zeros((6, 8))
+    cst[0], cst[2] = -np.inf, np.inf
+    a1, r1, rel = np.empty((nq, 8)), np.empty((nq, 8)), np.empty(8)
+    assert kern.split_cols_chunk(mat, beta, nq, 0, ref, a1, r1, cst, rel)
+    assert rel.tolist() == [1.0, 1.0, 1.0, 2.0, 2.0**-3, 1.0, 1.0, 1.0]
+    cc = 1.5 * 2.0 ** (52 - beta)
+    for j in range(8):
+        scaled = chunk[:, j] / rel[j]
+        want = (scaled + cc) - cc
+        assert np.array_equal(a1[:, j], want) and np.array_equal(r1[:, j], scaled - want), j
+        assert np.abs(r1[:, j]).max() <= 2.0 ** (-beta - 1)
+        assert j == 5 or np.abs(a1[:, j]).sum() < 2.0 ** (53 - 2 * beta), j  # exact digit products (5: redone)
+        assert cst[1, j] == pytest.approx(np.abs(r1[:, j]).sum() * rel[j], rel=1e-12)
+    assert cst[4].tolist() == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert cst[0, :6].tolist() == e_own[:6] and cst[0, 6] == -np.inf  # the chunk's exponents (a zero chunk: none)
+    assert np.allclose(cst[3], (chunk**2).sum(axis=0), rtol=1e-12)
+
+
+def test_chunk_scaled_level1_is_exact_at_every_kept_or_redone_scale():
+    """Columns whose K-chunks sit one binade above or below the first (kept at the reference scale, or split again
+    at their own), and a column whose chunk is nearly constant one binade above (Σ too large to keep): the GEMM
+    path with 1 and 2 workers is bitwise the direct path, exact and kahan."""
+    from refconv.oracle._im2col import pad_nhwc
+
+    rng = np.random.default_rng(47)
+    x = rng.standard_normal((1, 4, 4, 128))
+    w = rng.standard_normal((3, 3, 128, 64)) * 0.3
+    wm = w.reshape(-1, 64)  # (K = 1152: chunks of 512 rows)
+    wm[512:1024, :8] *= 2.0
+    wm[512:1024, 8:16] *= 0.5
+    wm[1024:, 16:24] *= 8.0
+    wm[512:1024, 24] = 1.9 * np.abs(wm[:512, 24]).max()
+    wm[1024:, 25] = -wm[1024:, 25] * 0.0 + np.abs(wm[:512, 25]).max() * 1.5
+    b = rng.standard_normal(64)
+    spec = ConvSpec.from_arrays(x, w, b, padding="SAME")
+    xp = np.ascontiguousarray(pad_nhwc(x, spec))
+    ref, _ = exact_mod.conv2d_exact_nhwc(x, w, b, spec, path="direct")
+    for workers in (1, 2):
+        y, yk, bound = np.empty_like(ref), np.empty_like(ref), np.empty_like(ref)
+        assert exact_mod._gemm_exact(xp, w, b, spec, 2_100_000, y, exact_mod.ExactStats(), None, workers)
+        assert exact_mod._gemm_exact(xp, w, b, spec, 2_100_000, yk, exact_mod.ExactStats(), bound, workers)
+        assert_bitwise_equal(y, ref, f"chunk scales, {workers} workers")
+        exact_mask = bound <= 0.5 * np.spacing(np.abs(yk))
+        assert_bitwise_equal(yk[exact_mask], ref[exact_mask], "kahan's decided elements")
+        assert np.all(np.abs(yk - ref) <= bound)

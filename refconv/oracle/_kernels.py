@@ -29,6 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 
@@ -40,6 +41,24 @@ def fma(typingctx, a, b, c):
         d = ir.DoubleType()
         fn = builder.module.declare_intrinsic("llvm.fma", [d], ir.FunctionType(d, [d, d, d]))
         return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Ask the cache for the line of arr[idx] (a 1-D array): a hint, which changes no value."""
+    sig = types.none(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
 
     return sig, codegen
 
@@ -287,23 +306,35 @@ def square_sum_upper(sq, k):
     return (sq + k * 2.0**-1074) * (1.0 + 2.0 * nu / (1.0 - nu))
 
 
+_LANES = 16  # partial results per row statistic (loops over them vectorize, a single running value would not)
+
+
 @jit
 def row_exponents(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, st):
     """Per im2col row m0 + r: st[r, 0] = exponent e of its largest |value| (max|row|·2^-e in [0.5, 1)),
     st[r, 2] = 1 if some nonzero value scales below 2^-1022 (scaling may round it), else 0."""
+    nl = cg - cg % _LANES
+    hi, lo = np.empty(_LANES), np.empty(_LANES)  # (in lanes, so that the loops vectorize)
     for r in range(st.shape[0]):
         m = m0 + r
         n = m // (oh * ow)
         i = (m // ow) % oh
         j = m % ow
-        amax = 0.0
-        amin = math.inf
+        hi[:] = 0.0
+        lo[:] = math.inf
         for a in range(kh):
             for bb in range(kw):
-                for ci in range(cg):
-                    v = abs(xp[n, i * sh + a * dh, j * sw + bb * dw, c0 + ci])
-                    amax = max(amax, v)
-                    amin = min(amin, v if v != 0.0 else math.inf)
+                src = xp[n, i * sh + a * dh, j * sw + bb * dw, c0 : c0 + cg]
+                for q0 in range(0, nl, _LANES):
+                    for q in range(_LANES):
+                        v = abs(src[q0 + q])
+                        hi[q] = max(hi[q], v)
+                        lo[q] = min(lo[q], nonzero_or_inf(v))
+                for q in range(nl, cg):
+                    v = abs(src[q])
+                    hi[0] = max(hi[0], v)
+                    lo[0] = min(lo[0], nonzero_or_inf(v))
+        amax, amin = hi.max(), lo.min()
         e = math.frexp(amax)[1]
         st[r, 0] = e
         st[r, 2] = 1.0 if amin < math.inf and math.ldexp(amin, -e) < 2.0**-1022 else 0.0
@@ -312,6 +343,9 @@ def row_exponents(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, st):
 @jit
 def nonzero_or_inf(v):
     return v if v != 0.0 else math.inf
+
+
+_AHEAD = 8  # rows of the weights prefetched ahead of a pass down their columns
 
 
 @jit
@@ -327,6 +361,9 @@ def column_stats(mat, k0, k1, j0, ncols, copy):
     sq = np.zeros(ncols)
     k4 = k1 - (k1 - k0) % 4
     for kk in range(k0, k4, 4):
+        for ahead in range(kk + _AHEAD, min(k1, kk + _AHEAD + 4)):  # (the start of each row: a new page)
+            _prefetch(mat[ahead], j0)
+            _prefetch(mat[ahead], j0 + min(ncols, 8) - 1)
         x0, x1 = mat[kk, j0 : j0 + ncols], mat[kk + 1, j0 : j0 + ncols]
         x2, x3 = mat[kk + 2, j0 : j0 + ncols], mat[kk + 3, j0 : j0 + ncols]
         for j in range(ncols):
@@ -411,26 +448,47 @@ def split_rows(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, beta, c, two, xs,
     """
     cc = 1.5 * 2.0 ** (52 - beta)
     cc2 = 1.5 * 2.0 ** (52 - 2 * beta)
+    nq = xs.shape[1]
+    nl = nq - nq % _LANES
+    # Partial sums in _LANES lanes (their order is covered by finish_stats): loops without a loop-carried
+    # float sum, which vectorize (a single running sum would not).
+    sums = np.zeros((3, _LANES))
     for r in range(xs.shape[0]):
         im2col_chunk(xp, m0 + r, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, c, int(st[r, 0]), xs[r])
-        s1, s5, s6 = st[r, 1], st[r, 3], st[r, 4]  # (the rows' Σa1² is not needed: see tail_mag1)
-        t1 = st2[r, 0] if two else 0.0
-        for q in range(xs.shape[1]):
-            vs = xs[r, q]
+        xr, ar, er = xs[r], a1[r], r1[r]
+        sums[:] = 0.0
+        s1, s5, s6 = sums[0], sums[1], sums[2]
+        for q0 in range(0, nl, _LANES):
+            for q in range(_LANES):
+                vs = xr[q0 + q]
+                d = digit(vs, cc)
+                e = vs - d
+                ar[q0 + q] = d
+                er[q0 + q] = e
+                s1[q] += abs(e)
+                s5[q] += vs * vs
+                s6[q] += e * e
+        for q in range(nl, nq):
+            vs = xr[q]
             d = digit(vs, cc)
-            rr = vs - d
-            a1[r, q] = d
-            r1[r, q] = rr
-            s1 += abs(rr)
-            s5 += vs * vs
-            s6 += rr * rr
-            if two:
-                d2 = digit(rr, cc2)
-                a2[r, q] = d2
-                r2[r, q] = rr - d2
-                t1 += abs(rr - d2)
-        st[r, 1], st[r, 3], st[r, 4] = s1, s5, s6
+            e = vs - d
+            ar[q] = d
+            er[q] = e
+            s1[0] += abs(e)
+            s5[0] += vs * vs
+            s6[0] += e * e
+        # (the rows' Σa1² is not needed: see tail_mag1)
+        for q in range(_LANES):
+            st[r, 1] += s1[q]
+            st[r, 3] += s5[q]
+            st[r, 4] += s6[q]
         if two:
+            t1 = st2[r, 0]
+            for q in range(nq):
+                d2 = digit(er[q], cc2)
+                a2[r, q] = d2
+                r2[r, q] = er[q] - d2
+                t1 += abs(er[q] - d2)
             st2[r, 0] = t1
 
 
@@ -617,11 +675,11 @@ def accumulate_level1(first, p1, p1lo, t, prod, t1, t2, rel):
 
     p1 by float addition and its exact error (TwoSum, Knuth) into p1lo: the chunks' digit products
     are exact and so are their power-of-two rescalings (|e_c - ref| ≤ 12: :func:`split_cols_chunk`); every
-    error is a multiple of the finest chunk's digit unit 2^(-2β-12), p1 is below K·2^12 units of 2^ref, so p1lo
-    (at most 2⌈K/kc⌉ errors of at most half an ulp of p1) stays below 2^53 finest units and sums them
-    exactly: p1 + p1lo is the exact sum. The tail's chunk results are summed as a tree, which the bound of
-    :func:`refconv.oracle.exact.tail_gamma` covers (any order of the 2⌈K/kc⌉ chunk results); a rescaling that
-    underflows errs by at most 2^-1075, inside the certification's underflow slack.
+    error is a multiple of the finest chunk's digit unit 2^(-2β-12), p1 is below 4K·2^12 units of 2^ref (a chunk's
+    Σ|digit| < 2^(53-2β) ≤ 4·kc), so p1lo (at most 2⌈K/kc⌉ errors of at most half an ulp of p1) stays below 2^53
+    finest units and sums them exactly: p1 + p1lo is the exact sum. The tail's chunk results are summed as a tree,
+    which the bound of :func:`refconv.oracle.exact.tail_gamma` covers (any order of the 2⌈K/kc⌉ chunk results); a
+    rescaling that underflows errs by at most 2^-1075, inside the certification's underflow slack.
     """
     for i in range(p1.shape[0]):
         for j in range(p1.shape[1]):
@@ -645,40 +703,105 @@ _CHUNK_SPREAD = 12  # most binades a K-chunk's column exponent may differ from t
 
 @jit
 def split_cols_chunk(mat, beta, c, j0, ref, a1, r1, cst, rel):
-    """Level 1's weight split of one K-chunk with the chunk's own column exponents e_c (no pass over all of K
-    first): rows c .. c + a1.shape[0], columns j0 .. j0 + a1.shape[1] of mat (K, N).
+    """Level 1's weight split of one K-chunk with per-chunk column exponents e_c, in one pass over the chunk for
+    most columns: rows c .. c + a1.shape[0], columns j0 .. j0 + a1.shape[1] of mat (K, N).
 
-    Digits as :func:`split_cols` (scaled by 2^-e_c); rel[j] = 2^(e_c - ref[j]) takes them to the units of the
-    column's reference exponent ref[j] (:func:`accumulate_level1`). Accumulates into cst (column-major):
-    [0] the largest e_c of a chunk with a nonzero value, [1] Σ|r1|·rel, [2] the smallest nonzero |w|,
-    [3] Σw² (unscaled, as :func:`col_exponents`), [4] 1 where some e_c is more than _CHUNK_SPREAD binades from
+    The digits are made at the column's reference exponent ref[j] while the chunk's statistics are gathered
+    (:func:`_chunk_stats_and_digits`), and kept (e_c = ref[j]) where the chunk's own exponent e (max|w| in
+    [2^(e-1), 2^e)) is ref[j] or ref[j] - 1 (|digit| ≤ 1, at most a bit lost), or ref[j] + 1 with
+    √(n·Σw²)·2^-ref below 2^(52-2β): then Σ|digit| ≤ √(n·Σ(w·2^-ref)²) + n·2^(-β-1) < 2^(53-2β), so with row
+    digits of at most 1 the chunk's digit products and every partial sum of them are below 2^53 units 2^-2β:
+    exact, as :func:`accumulate_level1` needs. Any other column is split again at e_c = e (:func:`split_cols`,
+    from cache). rel[j] = 2^(e_c - ref[j]) takes the digits to the units of ref[j]. Accumulates into cst
+    (column-major): [0] the largest e of a chunk with a nonzero value, [1] Σ|r1|·rel, [2] the smallest nonzero
+    |w|, [3] Σw² (unscaled, as :func:`col_exponents`), [4] 1 where some e is more than _CHUNK_SPREAD binades from
     ref or beyond ±960 (the exactness argument of the sums does not cover it: the caller redoes the block with
     exponents over all of K). Returns whether the chunk's values are all finite.
     """
     nq, ncols = a1.shape
-    amax, amin, zero, sq = column_stats(mat, c, c + nq, j0, ncols, np.empty((1, 0)))
+    s1 = np.zeros(ncols)
+    amax, amin, zero, sq = _chunk_stats_and_digits(mat, beta, c, j0, ref, a1, r1, s1)
     finite = True
     for j in range(ncols):
         finite &= zero[j] == 0.0
     if not finite:
         return False
-    st = np.zeros((6, ncols))  # the chunk's exponents, for split_cols (which sums Σ|r1| into st[1])
+    st = np.zeros((6, ncols))
+    none2 = np.empty((1, 1))
+    lim = 2.0 ** (52 - 2 * beta)
     for j in range(ncols):
         e = math.frexp(amax[j])[1] if amax[j] > 0.0 else int(ref[j])
-        if abs(e - ref[j]) > _CHUNK_SPREAD or abs(e) > 960 or abs(ref[j]) > 960:
-            cst[4, j] = 1.0
-            e = int(ref[j]) if abs(ref[j]) <= 960 else 0
-        st[0, j] = e
-        rel[j] = math.ldexp(1.0, e - int(ref[j])) if abs(ref[j]) <= 960 else 1.0
         if amax[j] > 0.0:
             cst[0, j] = max(cst[0, j], e)
         cst[2, j] = min(cst[2, j], amin[j])
         cst[3, j] += sq[j]
-    none2 = np.empty((1, 1))
-    split_cols(mat, beta, c, j0, False, False, a1, r1, none2, none2, st, none2)  # (from cache: pass 2)
-    for j in range(ncols):
+        if abs(e - ref[j]) > _CHUNK_SPREAD or abs(e) > 960 or abs(ref[j]) > 960:
+            cst[4, j] = 1.0  # (the block is redone)
+        if cst[4, j] != 0.0 or ref[j] - 1 <= e <= ref[j] or (
+                e == ref[j] + 1 and math.ldexp(math.sqrt(nq * sq[j]), -int(ref[j])) < lim):
+            rel[j] = 1.0
+            cst[1, j] += s1[j]
+            continue
+        st[0, j] = e
+        rel[j] = math.ldexp(1.0, e - int(ref[j]))
+        split_cols(mat, beta, c, j0 + j, False, False, a1[:, j : j + 1], r1[:, j : j + 1], none2, none2,
+                   st[:, j : j + 1], none2)
         cst[1, j] += st[1, j] * rel[j]
     return True
+
+
+@jit
+def _chunk_stats_and_digits(mat, beta, c, j0, ref, a1, r1, s1):
+    """One pass over a chunk (as :func:`split_cols_chunk`): the digits of every column at its reference exponent
+    (scaled by 1 where |ref| > 960: such a block is redone), Σ|r1| into s1, and the statistics of
+    :func:`column_stats` (max |w|, smallest nonzero |w|, Σw·0, Σw²), four rows at a time so that the running
+    values are loaded and stored once per four."""
+    nq, ncols = a1.shape
+    cc = 1.5 * 2.0 ** (52 - beta)
+    scale = np.empty(ncols)
+    for j in range(ncols):
+        scale[j] = math.ldexp(1.0, -int(ref[j])) if abs(ref[j]) <= 960 else 1.0
+    amax = np.zeros(ncols)
+    amin = np.full(ncols, math.inf)
+    zero = np.zeros(ncols)
+    sq = np.zeros(ncols)
+    n4 = nq - nq % 4
+    for q in range(0, n4, 4):
+        for ahead in range(c + q + _AHEAD, min(c + nq, c + q + _AHEAD + 4)):
+            _prefetch(mat[ahead], j0)
+            _prefetch(mat[ahead], j0 + min(ncols, 8) - 1)
+        x0, x1 = mat[c + q, j0 : j0 + ncols], mat[c + q + 1, j0 : j0 + ncols]
+        x2, x3 = mat[c + q + 2, j0 : j0 + ncols], mat[c + q + 3, j0 : j0 + ncols]
+        for j in range(ncols):  # branch-free: vectorizes
+            u0, u1, u2, u3 = abs(x0[j]), abs(x1[j]), abs(x2[j]), abs(x3[j])
+            amax[j] = max(amax[j], max(max(u0, u1), max(u2, u3)))
+            lo = min(min(nonzero_or_inf(u0), nonzero_or_inf(u1)), min(nonzero_or_inf(u2), nonzero_or_inf(u3)))
+            amin[j] = min(amin[j], lo)
+            zero[j] += (u0 * 0.0 + u1 * 0.0) + (u2 * 0.0 + u3 * 0.0)
+            sq[j] += (u0 * u0 + u1 * u1) + (u2 * u2 + u3 * u3)
+        for j in range(ncols):  # (a second loop over the four rows, from L1: one loop would not vectorize)
+            sj = scale[j]
+            v0, v1, v2, v3 = x0[j] * sj, x1[j] * sj, x2[j] * sj, x3[j] * sj
+            d0, d1, d2, d3 = digit(v0, cc), digit(v1, cc), digit(v2, cc), digit(v3, cc)
+            e0, e1, e2, e3 = v0 - d0, v1 - d1, v2 - d2, v3 - d3
+            a1[q, j], a1[q + 1, j], a1[q + 2, j], a1[q + 3, j] = d0, d1, d2, d3
+            r1[q, j], r1[q + 1, j], r1[q + 2, j], r1[q + 3, j] = e0, e1, e2, e3
+            s1[j] += (abs(e0) + abs(e1)) + (abs(e2) + abs(e3))
+    for q in range(n4, nq):
+        src = mat[c + q, j0 : j0 + ncols]
+        for j in range(ncols):
+            u = abs(src[j])
+            amax[j] = max(amax[j], u)
+            amin[j] = min(amin[j], nonzero_or_inf(u))
+            zero[j] += u * 0.0
+            sq[j] += u * u
+            vs = src[j] * scale[j]
+            d = digit(vs, cc)
+            rr = vs - d
+            a1[q, j] = d
+            r1[q, j] = rr
+            s1[j] += abs(rr)
+    return amax, amin, zero, sq
 
 
 @jit

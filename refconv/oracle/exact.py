@@ -392,6 +392,7 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     chunks = [(c, min(k, c + kc)) for c in range(0, k, kc)]
     # The prediction sample: p1 of _SAMPLE_ROWS x _SAMPLE_COLS in K-chunks of up to _SAMPLE_CHUNK (few BLAS calls).
     sk = int(min(k, max(kc, min(_SAMPLE_CHUNK, workspace_bytes // (workers * 8 * 5 * (_SAMPLE_ROWS + _SAMPLE_COLS))))))
+    sk -= sk % kc if sk < k else 0  # (whole level-1 chunks: a shared row tile's prediction uses its split rows)
     sample_chunks = [(c, min(k, c + sk)) for c in range(0, k, sk)]
     y2 = y.reshape(total, spec.O)
     bound2 = None if bound is None else bound.reshape(total, spec.O)
@@ -426,11 +427,11 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                    min(total, m0 + rows_max) - m0, *col_exp[blk][:2], (tgamma1, tgamma2), counts[slot],
                    functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols, y2, bound2, pre, frac, level1)
 
-    def columns(blk: int, m0: int | None, slot: int, ws) -> None:
+    def columns(blk: int, m0: int | None, pre: tuple | None, slot: int, ws) -> None:
         """Item: the block's column exponents over all of K (the graph stops if a weight is not finite); or, for
-        the shared row tile at m0, only reference exponents from the first K-chunk (level 1 scales each chunk by
-        its own: :func:`refconv.oracle._kernels.split_cols_chunk`, which also checks the weights) and the sample
-        columns' exponents, then the block's prediction."""
+        the shared row tile at m0 (its rows split in ``pre``), only reference exponents from the first K-chunk
+        (level 1 scales each chunk by its own: :func:`refconv.oracle._kernels.split_cols_chunk`, which also checks
+        the weights) and the sample columns' exponents, then the block's prediction."""
         if m0 is None:
             col_exp[blk] = column_exponents(blk)
             if not col_exp[blk][2]:
@@ -446,14 +447,22 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
             return
         refs[blk] = st[0].copy()
         col_exp[blk] = (None, sample_w, True)  # (the exponents over all of K come with level 1)
-        predict(blk, m0, slot, ws, eb)
+        predict(blk, m0, pre, slot, ws, eb)
 
-    def predict(blk: int, m0: int, slot: int, ws, eb=None) -> None:
-        """Item: :func:`_predict` for the block and the shared row tile at m0 (it splits its own sample rows);
-        ``eb``: the sample columns' exponents, if the block's are not known yet."""
+    def predict(blk: int, m0: int, pre: tuple, slot: int, ws, eb=None) -> None:
+        """Item: :func:`_predict` for the block and the shared row tile at m0, from its split rows ``pre``
+        (``eb``: the sample columns' exponents, if the block's are not known yet); then the whole tile at level 2
+        if that is predicted to be needed."""
         fracs[blk] = _predict(kern, ws, xp, geometry(blk), betas[0], wmat, blocks[blk][1], col_exp[blk][1],
-                              sample_chunks, m0, min(total, m0 + rows_max) - m0, col_exp[blk][0] if eb is None else eb,
-                              b, k, tgamma1)
+                              sample_chunks, m0, min(total, m0 + rows_max) - m0,
+                              col_exp[blk][0] if eb is None else eb, b, k, tgamma1, (chunks, pre))
+        if fracs[blk] > _REFINE_FRACTION:
+            if col_exp[blk][0] is None:  # (only the first chunk's were found): exponents over all of K
+                col_exp[blk] = column_exponents(blk)
+                if not col_exp[blk][2]:
+                    graph.stop()
+                    return
+            tile(blk, m0, slot, ws, frac=fracs[blk])
 
     def split_tile_rows(blk: int, m0: int, pre: tuple, lo: int, hi: int, slot: int, ws) -> None:
         """Item: rows lo .. hi of the shared row tile at m0: exponents, digits of every K-chunk, and their sums."""
@@ -463,16 +472,6 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
         for (c, _), (xs, a1, r1) in zip(chunks, pre_chunks):
             kern.split_rows(xp, m0 + lo, *geo, betas[0], c, False, xs[lo:hi], a1[lo:hi], r1[lo:hi], none2, none2,
                             st[lo:hi], none2)
-
-    def level2_tile(blk: int, m0: int, slot: int, ws) -> None:
-        """Item: the whole tile (blk, m0) of the shared row tile if it is predicted to need level 2."""
-        if fracs[blk] > _REFINE_FRACTION:
-            if col_exp[blk][0] is None:  # (only the first chunk's were found): exponents over all of K
-                col_exp[blk] = column_exponents(blk)
-                if not col_exp[blk][2]:
-                    graph.stop()
-                    return
-            tile(blk, m0, slot, ws, frac=fracs[blk])
 
     def level1_chunk(blk: int, m0: int, ci: int, pre: tuple, slot: int, ws) -> None:
         """Item: level 1 of K-chunk ci of a block of the shared row tile, summed into this worker's arrays; the worker
@@ -516,7 +515,7 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
         if not share:  # column exponents, then the tiles, to whichever worker is free
             graph = _TaskGraph()
             for blk in range(len(blocks)):
-                graph.add(col_keys[blk], functools.partial(columns, blk, None))
+                graph.add(col_keys[blk], functools.partial(columns, blk, None, None))
             for blk, m0 in tiles:  # (after all the exponents: no output is written if a weight is not finite)
                 graph.add(("tile", blk, m0), functools.partial(tile, blk, m0), col_keys)
             graph.run(workers)
@@ -524,16 +523,11 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
         for g0 in range(0, len(blocks), per_group) if share else ():
             group = range(g0, g0 + per_group)
             for m0 in range(0, total, rows_max):
-                # One graph per shared row tile: the blocks' column exponents (in the first) and predictions, the
-                # row split, level 2 of the blocks predicted to need it, then level 1 by (block, K-chunk).
+                # One graph per shared row tile: its row split, the blocks' column exponents (in the first) and
+                # predictions (then level 2 of the blocks predicted to need it), level 1 by (block, K-chunk).
                 graph = _TaskGraph()
                 fracs: dict[int, float] = {}
                 refs: dict[int, np.ndarray] = {}  # the blocks whose level 1 scales each K-chunk by its own exponents
-                first = col_exp[0] is None
-                for blk in range(len(blocks)) if first else group:
-                    graph.add(col_keys[blk], functools.partial(columns, blk, m0 if blk in group else None) if first
-                              else functools.partial(predict, blk, m0))
-                pred_keys = col_keys if first else [col_keys[blk] for blk in group]
                 rows = min(total, m0 + rows_max) - m0
                 st = main_ws.array("pre_st", (rows, _NSTATS))
                 st.fill(0.0)
@@ -543,8 +537,12 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                 row_keys = [("rows", lo) for lo in cuts[:-1]]
                 for lo, hi in zip(cuts[:-1], cuts[1:]):
                     graph.add(("rows", lo), functools.partial(split_tile_rows, g0, m0, pre, lo, hi))
-                for blk in group:
-                    graph.add(("level2", blk), functools.partial(level2_tile, blk, m0), pred_keys)
+                first = col_exp[0] is None
+                for blk in group:  # (the predictions read the split rows)
+                    graph.add(col_keys[blk], functools.partial(columns if first else predict, blk, m0, pre), row_keys)
+                for blk in range(len(blocks)) if first else ():  # the other groups' blocks: exponents over all of K
+                    if blk not in group:
+                        graph.add(col_keys[blk], functools.partial(columns, blk, None, None))
                 accs = [{blk: tuple(main_ws.array(f"acc{w}_{blk - g0}_{i}", (_NSTATS if i == 3 else rows, width(blk)))
                                     for i in range(4)) for blk in group} for w in range(workers)]
                 started: list[set[int]] = [set() for _ in range(workers)]
@@ -552,7 +550,7 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                 for ci in range(len(chunks)):
                     for blk in group:
                         graph.add(("level1", blk, ci), functools.partial(level1_chunk, blk, m0, ci, pre),
-                                  pred_keys + row_keys)
+                                  [col_keys[blk], *row_keys])
                 graph.run(workers)
                 if graph.stopped:  # (a weight is not finite)
                     return False
@@ -720,10 +718,13 @@ def _block_bias(b, cols: slice) -> np.ndarray:
     return np.zeros(1) if b is None else np.ascontiguousarray(b[cols])
 
 
-def _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, rows, eb, b, k, tgamma1) -> float:
+def _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, rows, eb, b, k, tgamma1,
+             split=None) -> float:
     """The share of a tile's elements level 1 is predicted to leave undecided: Σ min(1, tail bound / half gap) over
     a block of _SAMPLE_ROWS x _SAMPLE_COLS in its middle (:func:`refconv.oracle._kernels.predict_undecided`), with
-    the scaled rows times the columns' first digits standing in for p1 (split here, in ``sample_chunks``). Above
+    the scaled rows times the columns' first digits standing in for p1 (the columns split here, in
+    ``sample_chunks``, multiples of the level-1 K-chunk). The rows are split here too, or taken from ``split`` =
+    (the level-1 K-chunks, the tile's rows split into them with their unfinished statistics). Above
     _REFINE_FRACTION the tile goes straight to level 2 (saving level 1's tail GEMMs). Small tiles (at most 4 such
     blocks) just try level 1: 0."""
     ncol = cols.stop - cols.start
@@ -732,19 +733,31 @@ def _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, 
     nr, nj = min(rows, _SAMPLE_ROWS), min(ncol, _SAMPLE_COLS)
     r0 = (rows - nr) // 2
     none2 = np.empty((1, 1))
-    s_a = np.zeros((nr, _NSTATS))
-    kern.row_exponents(xp, m0 + r0, *geo, s_a)
+    if split is None:
+        s_a = np.zeros((nr, _NSTATS))
+        kern.row_exponents(xp, m0 + r0, *geo, s_a)
+    else:
+        s_a = split[1][1][r0 : r0 + nr].copy()
     src, j0 = (sample_w, 0) if sample_w.shape[1] else (wmat, cols.start)
     s_c = eb[:, :nj].copy()
     p1, tmp = ws.array("sample_p1", (nr, nj)), ws.array("sample_tmp", (nr, nj))
+    summed = False
     for c, c_end in sample_chunks:
-        xs, a1, r1 = (ws.array(f"sample_a{i}", (nr, c_end - c)) for i in range(3))
-        kern.split_rows(xp, m0 + r0, *geo, beta1, c, False, xs, a1, r1, none2, none2, s_a, none2)
         a1_b, r1_b = (ws.array(f"sample_b{i}", (c_end - c, nj)) for i in range(2))
         kern.split_cols(src, beta1, c, j0, False, True, a1_b, r1_b, none2, none2, s_c, none2)
-        np.matmul(xs, a1_b, out=tmp if c else p1)
-        if c:
-            p1 += tmp
+        if split is None:
+            xs, a1, r1 = (ws.array(f"sample_a{i}", (nr, c_end - c)) for i in range(3))
+            kern.split_rows(xp, m0 + r0, *geo, beta1, c, False, xs, a1, r1, none2, none2, s_a, none2)
+            parts = [(xs, a1_b)]
+        else:  # (the level-1 chunks inside this one)
+            level1_chunks, (row_digits, _) = split
+            parts = [(digits[0][r0 : r0 + nr], a1_b[q - c : q_end - c])
+                     for (q, q_end), digits in zip(level1_chunks, row_digits) if c <= q < c_end]
+        for xs, digits_b in parts:
+            np.matmul(xs, digits_b, out=tmp if summed else p1)
+            if summed:
+                p1 += tmp
+            summed = True
     s_b = np.ascontiguousarray(s_c.T)
     for st in (s_a, s_b):
         kern.finish_stats(st, k, (1,))

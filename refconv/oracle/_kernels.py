@@ -1019,6 +1019,9 @@ def pairs_chunk(xp, m0, oh, ow, kh, kw, c0, cg, sh, sw, dh, dw, src, c, sa, sb, 
     kc = src.shape[0]
     cols = np.empty((uniq.shape[0], kc))
     for t in range(kc):
+        if t + _AHEAD < kc:
+            for g in range(uniq.shape[0]):
+                _prefetch(src[t + _AHEAD], uniq[g])
         row = src[t]
         for g in range(uniq.shape[0]):
             cols[g, t] = row[uniq[g]]

@@ -25,7 +25,8 @@ copy of the weights is made.
   digit width and their Σw²: :func:`refconv.oracle._kernels.level1_col_bounds`). The K-chunks
   of a row tile shared by the workers are dealt out one at a time; each worker's sums are
   merged exactly at the end (:func:`refconv.oracle._kernels.merge_level1`). There, each
-  chunk's columns are scaled by that chunk's own exponents, so the weights are read once
+  chunk's columns are scaled by that chunk's own exponents (most at the column's first chunk's,
+  which one pass over the chunk checks), so the weights are read once
   (:func:`refconv.oracle._kernels.split_cols_chunk`); the sums stay exact while every chunk is
   within 12 binades of the column's first, and a block with a column that is not is redone
   with exponents over all of K. p1, T and the bias are added by TwoSum; an element is
@@ -358,9 +359,9 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     through certified roundings, so the output does not depend on BLAS's order).
     The work is a :class:`_TaskGraph` run by ``workers`` threads (BLAS should then be
     single-threaded: :func:`single_threaded_blas`): the column exponents, then whole tiles (a column
-    block x a block of output rows); or, where the workers share a row tile, the blocks' exponents and
-    predictions, the tile's row split, level 2 of the blocks predicted to need it, and level 1 by
-    (block, K-chunk), each worker summing its chunks apart (merged exactly by whoever sums a block's
+    block x a block of output rows); or, where the workers share a row tile, the tile's row split, the
+    blocks' exponents and predictions (from the split rows; then level 2 of the blocks predicted to need it),
+    and level 1 by (block, K-chunk), each worker summing its chunks apart (merged exactly by whoever sums a block's
     last chunk, which then finishes that tile). Every element comes out the same whoever computes what.
     Returns False if a weight is not finite (the outputs then incomplete).
     """

@@ -529,7 +529,8 @@ def test_gemm_path_on_random_small_convs_with_tiny_workspaces():
 def test_chunk_split_keeps_the_reference_scale_only_where_the_sums_stay_exact():
     """split_cols_chunk makes every column's digits at its reference exponent in one pass, and keeps them where
     the chunk's own exponent e is ref or ref - 1 (|digit| ≤ 1), or ref + 1 with √(n·Σw²)·2^-ref below
-    2^(52-2β) (so Σ|digit| < 2^(53-2β) and the digit products, any |row digit| ≤ 1, sum exactly); any other
+    2^(52-2β) (so Σ|digit| < 2^(53-2β) and the digit products, any |row digit| ≤ 1, sum exactly) and no
+    underflow in Σw²; any other
     column is split again at e (rel = 2^(e - ref)), and one beyond _CHUNK_SPREAD binades is flagged."""
     from refconv.oracle._kernels import _CHUNK_SPREAD, kernels
 
@@ -546,17 +547,19 @@ def test_chunk_split_keeps_the_reference_scale_only_where_the_sums_stay_exact():
     chunk[:, 4] *= 2.0**-3  # e = -3: split again
     chunk[:, 5] *= 2.0 ** (_CHUNK_SPREAD + 1)  # flagged (the caller redoes the block)
     chunk[:, 6] = 0.0  # an all-zero chunk: kept
+    mat[:nq, 7] *= 2.0**-600  # ref = -600 ...
+    chunk[:, 7] = 2.0**-600 * 1.25 * (np.arange(nq) == 0)  # ... e = ref + 1 with Σw² underflowing: split again
     e_own = [int(np.frexp(np.abs(chunk[:, j]).max())[1]) for j in range(8)]
     assert e_own[:6] == [0, -1, 1, 1, -3, _CHUNK_SPREAD + 1], e_own
-    ref = np.zeros(8)
+    ref = np.array([0.0] * 7 + [-600.0])
     cst = np.zeros((6, 8))
     cst[0], cst[2] = -np.inf, np.inf
     a1, r1, rel = np.empty((nq, 8)), np.empty((nq, 8)), np.empty(8)
     assert kern.split_cols_chunk(mat, beta, nq, 0, ref, a1, r1, cst, rel)
-    assert rel.tolist() == [1.0, 1.0, 1.0, 2.0, 2.0**-3, 1.0, 1.0, 1.0]
+    assert rel.tolist() == [1.0, 1.0, 1.0, 2.0, 2.0**-3, 1.0, 1.0, 2.0]
     cc = 1.5 * 2.0 ** (52 - beta)
     for j in range(8):
-        scaled = chunk[:, j] / rel[j]
+        scaled = chunk[:, j] * 2.0 ** -ref[j] / rel[j]
         want = (scaled + cc) - cc
         assert np.array_equal(a1[:, j], want) and np.array_equal(r1[:, j], scaled - want), j
         assert np.abs(r1[:, j]).max() <= 2.0 ** (-beta - 1)
@@ -564,7 +567,7 @@ def test_chunk_split_keeps_the_reference_scale_only_where_the_sums_stay_exact():
         assert cst[1, j] == pytest.approx(np.abs(r1[:, j]).sum() * rel[j], rel=1e-12)
     assert cst[4].tolist() == [0, 0, 0, 0, 0, 1, 0, 0]
     assert cst[0, :6].tolist() == e_own[:6] and cst[0, 6] == -np.inf  # the chunk's exponents (a zero chunk: none)
-    assert np.allclose(cst[3], (chunk**2).sum(axis=0), rtol=1e-12)
+    assert np.allclose(cst[3, :7], (chunk[:, :7] ** 2).sum(axis=0), rtol=1e-12)
 
 
 def test_chunk_scaled_level1_is_exact_at_every_kept_or_redone_scale():

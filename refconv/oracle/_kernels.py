@@ -708,15 +708,16 @@ def split_cols_chunk(mat, beta, c, j0, ref, a1, r1, cst, rel):
 
     The digits are made at the column's reference exponent ref[j] while the chunk's statistics are gathered
     (:func:`_chunk_stats_and_digits`), and kept (e_c = ref[j]) where the chunk's own exponent e (max|w| in
-    [2^(e-1), 2^e)) is ref[j] or ref[j] - 1 (|digit| ≤ 1, at most a bit lost), or ref[j] + 1 with
-    √(n·Σw²)·2^-ref below 2^(52-2β): then Σ|digit| ≤ √(n·Σ(w·2^-ref)²) + n·2^(-β-1) < 2^(53-2β), so with row
-    digits of at most 1 the chunk's digit products and every partial sum of them are below 2^53 units 2^-2β:
-    exact, as :func:`accumulate_level1` needs. Any other column is split again at e_c = e (:func:`split_cols`,
-    from cache). rel[j] = 2^(e_c - ref[j]) takes the digits to the units of ref[j]. Accumulates into cst
-    (column-major): [0] the largest e of a chunk with a nonzero value, [1] Σ|r1|·rel, [2] the smallest nonzero
-    |w|, [3] Σw² (unscaled, as :func:`col_exponents`), [4] 1 where some e is more than _CHUNK_SPREAD binades from
-    ref or beyond ±960 (the exactness argument of the sums does not cover it: the caller redoes the block with
-    exponents over all of K). Returns whether the chunk's values are all finite.
+    [2^(e-1), 2^e)) is ref[j] or ref[j] - 1 (|digit| ≤ 1, at most a bit lost), or ref[j] + 1 > -399 (so that
+    the float Σw² cannot lose to underflow) with √(n·Σw²)·2^-ref below 2^(52-2β): then Σ|digit| ≤
+    √(n·Σ(w·2^-ref)²) + n·2^(-β-1) < 2^(53-2β), so with row digits of at most 1 the chunk's digit products and
+    every partial sum of them are below 2^53 units 2^-2β: exact, as :func:`accumulate_level1` needs. Any other
+    column is split again at e_c = e (:func:`split_cols`, from cache). rel[j] = 2^(e_c - ref[j]) takes the
+    digits to the units of ref[j]. Accumulates into cst (column-major): [0] the largest e of a chunk with a
+    nonzero value, [1] Σ|r1|·rel, [2] the smallest nonzero |w|, [3] Σw² (unscaled, as :func:`col_exponents`),
+    [4] 1 where some e is more than _CHUNK_SPREAD binades from ref or beyond ±960 (the exactness argument of
+    the sums does not cover it: the caller redoes the block with exponents over all of K). Returns whether the
+    chunk's values are all finite.
     """
     nq, ncols = a1.shape
     s1 = np.zeros(ncols)
@@ -737,8 +738,8 @@ def split_cols_chunk(mat, beta, c, j0, ref, a1, r1, cst, rel):
         cst[3, j] += sq[j]
         if abs(e - ref[j]) > _CHUNK_SPREAD or abs(e) > 960 or abs(ref[j]) > 960:
             cst[4, j] = 1.0  # (the block is redone)
-        if cst[4, j] != 0.0 or ref[j] - 1 <= e <= ref[j] or (
-                e == ref[j] + 1 and math.ldexp(math.sqrt(nq * sq[j]), -int(ref[j])) < lim):
+        if cst[4, j] != 0.0 or ref[j] - 1 <= e <= ref[j] or (  # (Σw² would underflow below 2^-400: no)
+                e == ref[j] + 1 and ref[j] > -400 and math.ldexp(math.sqrt(nq * sq[j]), -int(ref[j])) < lim):
             rel[j] = 1.0
             cst[1, j] += s1[j]
             continue

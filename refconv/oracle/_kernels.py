@@ -349,6 +349,48 @@ _AHEAD = 8  # rows of the weights prefetched ahead of a pass down their columns
 
 
 @jit
+def _prefetch_rows(mat, k, k_end, j0, ncols):
+    """Prefetch the start of rows k .. min(k + 4, k_end) - 1 of mat at column j0 (each row is on a new page,
+    where the hardware's prefetcher does not follow a pass down the columns)."""
+    for ahead in range(k, min(k_end, k + 4)):
+        _prefetch(mat[ahead], j0)
+        _prefetch(mat[ahead], j0 + min(ncols, 8) - 1)
+
+
+@jit
+def _stats4(mat, k, j0, amax, amin, zero, sq):
+    """Rows k .. k + 3 of mat, columns j0 .. j0 + len(amax), into :func:`column_stats`'s running values (branch-free:
+    vectorizes; the running values are loaded and stored once per four rows)."""
+    x0, x1, x2, x3 = mat[k, j0:], mat[k + 1, j0:], mat[k + 2, j0:], mat[k + 3, j0:]
+    for j in range(amax.shape[0]):
+        v0, v1, v2, v3 = abs(x0[j]), abs(x1[j]), abs(x2[j]), abs(x3[j])
+        amax[j] = max(amax[j], max(max(v0, v1), max(v2, v3)))
+        lo = min(min(nonzero_or_inf(v0), nonzero_or_inf(v1)), min(nonzero_or_inf(v2), nonzero_or_inf(v3)))
+        amin[j] = min(amin[j], lo)
+        zero[j] += (v0 * 0.0 + v1 * 0.0) + (v2 * 0.0 + v3 * 0.0)
+        sq[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+
+
+@jit
+def _digits4(mat, k, j0, scale, cc, a1, r1, q, s1, sums, s6, s7):
+    """Rows k .. k + 3 of mat, columns j0 .. j0 + len(scale), scaled by ``scale`` and split into digits
+    (:func:`digit`, constant cc) a1[q .. q + 3] and remainders r1[q .. q + 3]; Σ|r1| into s1, with ``sums``
+    Σr1² into s6 and Σa1² into s7 (branch-free: vectorizes)."""
+    x0, x1, x2, x3 = mat[k, j0:], mat[k + 1, j0:], mat[k + 2, j0:], mat[k + 3, j0:]
+    for j in range(scale.shape[0]):
+        sj = scale[j]
+        v0, v1, v2, v3 = x0[j] * sj, x1[j] * sj, x2[j] * sj, x3[j] * sj
+        d0, d1, d2, d3 = digit(v0, cc), digit(v1, cc), digit(v2, cc), digit(v3, cc)
+        e0, e1, e2, e3 = v0 - d0, v1 - d1, v2 - d2, v3 - d3
+        a1[q, j], a1[q + 1, j], a1[q + 2, j], a1[q + 3, j] = d0, d1, d2, d3
+        r1[q, j], r1[q + 1, j], r1[q + 2, j], r1[q + 3, j] = e0, e1, e2, e3
+        s1[j] += (abs(e0) + abs(e1)) + (abs(e2) + abs(e3))
+        if sums:
+            s6[j] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)
+            s7[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+
+
+@jit
 def column_stats(mat, k0, k1, j0, ncols, copy):
     """Per column j0 .. j0 + ncols of rows k0 .. k1 of mat (K, N): max |w|, the smallest nonzero |w|, Σ w·0 (NaN
     exactly if a value is NaN or ±inf) and Σw²; copies the first copy.shape[1] of those columns into ``copy`` on
@@ -361,21 +403,12 @@ def column_stats(mat, k0, k1, j0, ncols, copy):
     sq = np.zeros(ncols)
     k4 = k1 - (k1 - k0) % 4
     for kk in range(k0, k4, 4):
-        for ahead in range(kk + _AHEAD, min(k1, kk + _AHEAD + 4)):  # (the start of each row: a new page)
-            _prefetch(mat[ahead], j0)
-            _prefetch(mat[ahead], j0 + min(ncols, 8) - 1)
-        x0, x1 = mat[kk, j0 : j0 + ncols], mat[kk + 1, j0 : j0 + ncols]
-        x2, x3 = mat[kk + 2, j0 : j0 + ncols], mat[kk + 3, j0 : j0 + ncols]
-        for j in range(ncols):
-            v0, v1, v2, v3 = abs(x0[j]), abs(x1[j]), abs(x2[j]), abs(x3[j])
-            amax[j] = max(amax[j], max(max(v0, v1), max(v2, v3)))
-            lo = min(min(nonzero_or_inf(v0), nonzero_or_inf(v1)), min(nonzero_or_inf(v2), nonzero_or_inf(v3)))
-            amin[j] = min(amin[j], lo)
-            zero[j] += (v0 * 0.0 + v1 * 0.0) + (v2 * 0.0 + v3 * 0.0)
-            sq[j] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+        _prefetch_rows(mat, kk + _AHEAD, k1, j0, ncols)
+        _stats4(mat, kk, j0, amax, amin, zero, sq)
+        q = kk - k0
         for j in range(ncopy):
-            q = kk - k0
-            copy[q, j], copy[q + 1, j], copy[q + 2, j], copy[q + 3, j] = x0[j], x1[j], x2[j], x3[j]
+            copy[q, j], copy[q + 1, j], copy[q + 2, j], copy[q + 3, j] = (
+                mat[kk, j0 + j], mat[kk + 1, j0 + j], mat[kk + 2, j0 + j], mat[kk + 3, j0 + j])
     for kk in range(k4, k1):
         for j in range(ncols):
             v = abs(mat[kk, j0 + j])
@@ -519,19 +552,7 @@ def split_cols(mat, beta, c, j0, two, sums, a1, r1, a2, r2, stc, st2c):
     nq = a1.shape[0]
     n4 = nq - nq % 4
     for q in range(0, n4, 4):  # four rows at a time: the column sums are loaded and stored once per four values
-        x0, x1 = mat[c + q, j0 : j0 + ncols], mat[c + q + 1, j0 : j0 + ncols]
-        x2, x3 = mat[c + q + 2, j0 : j0 + ncols], mat[c + q + 3, j0 : j0 + ncols]
-        for j in range(ncols):  # branch-free: vectorizes
-            sj = scale[j]
-            v0, v1, v2, v3 = x0[j] * sj, x1[j] * sj, x2[j] * sj, x3[j] * sj
-            d0, d1, d2, d3 = digit(v0, cc), digit(v1, cc), digit(v2, cc), digit(v3, cc)
-            e0, e1, e2, e3 = v0 - d0, v1 - d1, v2 - d2, v3 - d3
-            a1[q, j], a1[q + 1, j], a1[q + 2, j], a1[q + 3, j] = d0, d1, d2, d3
-            r1[q, j], r1[q + 1, j], r1[q + 2, j], r1[q + 3, j] = e0, e1, e2, e3
-            s1[j] += (abs(e0) + abs(e1)) + (abs(e2) + abs(e3))
-            if sums:
-                s6[j] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)
-                s7[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        _digits4(mat, c + q, j0, scale, cc, a1, r1, q, s1, sums, s6, s7)
     for q in range(n4, nq):
         src = mat[c + q]
         for j in range(ncols):
@@ -767,27 +788,10 @@ def _chunk_stats_and_digits(mat, beta, c, j0, ref, a1, r1, s1):
     zero = np.zeros(ncols)
     sq = np.zeros(ncols)
     n4 = nq - nq % 4
-    for q in range(0, n4, 4):
-        for ahead in range(c + q + _AHEAD, min(c + nq, c + q + _AHEAD + 4)):
-            _prefetch(mat[ahead], j0)
-            _prefetch(mat[ahead], j0 + min(ncols, 8) - 1)
-        x0, x1 = mat[c + q, j0 : j0 + ncols], mat[c + q + 1, j0 : j0 + ncols]
-        x2, x3 = mat[c + q + 2, j0 : j0 + ncols], mat[c + q + 3, j0 : j0 + ncols]
-        for j in range(ncols):  # branch-free: vectorizes
-            u0, u1, u2, u3 = abs(x0[j]), abs(x1[j]), abs(x2[j]), abs(x3[j])
-            amax[j] = max(amax[j], max(max(u0, u1), max(u2, u3)))
-            lo = min(min(nonzero_or_inf(u0), nonzero_or_inf(u1)), min(nonzero_or_inf(u2), nonzero_or_inf(u3)))
-            amin[j] = min(amin[j], lo)
-            zero[j] += (u0 * 0.0 + u1 * 0.0) + (u2 * 0.0 + u3 * 0.0)
-            sq[j] += (u0 * u0 + u1 * u1) + (u2 * u2 + u3 * u3)
-        for j in range(ncols):  # (a second loop over the four rows, from L1: one loop would not vectorize)
-            sj = scale[j]
-            v0, v1, v2, v3 = x0[j] * sj, x1[j] * sj, x2[j] * sj, x3[j] * sj
-            d0, d1, d2, d3 = digit(v0, cc), digit(v1, cc), digit(v2, cc), digit(v3, cc)
-            e0, e1, e2, e3 = v0 - d0, v1 - d1, v2 - d2, v3 - d3
-            a1[q, j], a1[q + 1, j], a1[q + 2, j], a1[q + 3, j] = d0, d1, d2, d3
-            r1[q, j], r1[q + 1, j], r1[q + 2, j], r1[q + 3, j] = e0, e1, e2, e3
-            s1[j] += (abs(e0) + abs(e1)) + (abs(e2) + abs(e3))
+    for q in range(0, n4, 4):  # (the statistics, then the digits from L1: one loop would not vectorize)
+        _prefetch_rows(mat, c + q + _AHEAD, c + nq, j0, ncols)
+        _stats4(mat, c + q, j0, amax, amin, zero, sq)
+        _digits4(mat, c + q, j0, scale, cc, a1, r1, q, s1, False, s1, s1)
     for q in range(n4, nq):
         src = mat[c + q, j0 : j0 + ncols]
         for j in range(ncols):

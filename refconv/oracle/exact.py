@@ -173,7 +173,7 @@ def tail_gamma(k: int, kb: int, gemms: int = 2) -> float:
 _NSTATS = 6  # statistics per split row/column (see refconv.oracle._kernels.split_rows)
 _CHUNK = 512  # K-chunk of the GEMMs: level-1 digits exact per chunk; tail bound γ_(512+2K/512)
 _TILE_BYTES = 32 * 2**20  # per-tile buffers of the GEMM path, within the workspace
-_SAMPLE_ROWS, _SAMPLE_COLS, _SAMPLE_CHUNK = 32, 16, 16384  # the block whose p1 predicts a tile's level
+_SAMPLE_ROWS, _SAMPLE_COLS, _SAMPLE_CHUNK = 32, 8, 16384  # the block whose p1 predicts a tile's level
 _REFINE_FRACTION = 0.05  # above this (predicted or actual) undecided share a tile uses the two-digit level
 
 

@@ -34,7 +34,7 @@ copy of the weights is made.
 * Level 2 (6 GEMMs): digits of β2 = ⌊(53 - ⌈log2 K⌉) / 2⌋ bits (exact over all of K),
   the remainders split once more (a2 with 2β2 bits); exact a1@b1, a1@b2, a2@b1 plus
   a float tail of relative size 2^-2β2. A tile goes straight to level 2 when p1 of
-  a 32 x 16 sample predicts that level 1 would leave more than 5 % undecided
+  a 32 x 8 sample predicts that level 1 would leave more than 5 % undecided
   (cancelling sums: normal data at K ≈ 6400 leave ≈ 15 %), and after level 1 when
   it actually did.
 * What the levels leave undecided is re-checked by a certified Numba Dot2 of the

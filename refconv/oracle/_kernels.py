@@ -854,7 +854,7 @@ def merge_level1(p1, p1lo, t, q1, q1lo, qt):
             t[i, j] += qt[i, j]
 
 
-@pjit
+@jit
 def combine_level1(p1, p1lo, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, bound):
     """Decide y = round(p1 + p1lo + T_exact + bias) per element (scaled units 2^(eA+eB)).
 
@@ -870,7 +870,7 @@ def combine_level1(p1, p1lo, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, 
     slack = 16.0 * k * 2.0**-1022
     pb, pbi = column_powers(sb)
     ra, rb = root_stats(sa), root_stats(sb)
-    for i in prange(mrows):
+    for i in range(mrows):
         ea = int(sa[i, 0])
         pa, pai = pow2_or_zero(ea), pow2_or_zero(-ea)
         for j in range(ncols):
@@ -913,14 +913,14 @@ def combine_level1(p1, p1lo, t, sa, sb, bias, has_bias, k, t_gamma, y, decided, 
             decided[i, j] = rounds_to(hi, err)
 
 
-@pjit
+@jit
 def predict_undecided(p1, sa, sb, bias, has_bias, k, t_gamma):
     """Expected number of elements level 1 leaves undecided: Σ min(1, tail bound / half gap of p1 + bias)."""
     mrows, ncols = p1.shape
     tot = np.zeros(mrows)
     _, pbi = column_powers(sb)
     ra, rb = root_stats(sa), root_stats(sb)
-    for i in prange(mrows):
+    for i in range(mrows):
         ea = int(sa[i, 0])
         pai = pow2_or_zero(-ea)
         acc = 0.0
@@ -937,7 +937,7 @@ def predict_undecided(p1, sa, sb, bias, has_bias, k, t_gamma):
     return tot.sum()
 
 
-@pjit
+@jit
 def combine_level2(p1, x12, x21, t2, sa, sb, s2a, s2b, bias, has_bias, k, t_gamma, y, decided, bound):
     """Decide round(a1b1 + a1b2 + a2b1 (exact GEMMs) + T2 (float) + bias), scaled units.
 
@@ -952,7 +952,7 @@ def combine_level2(p1, x12, x21, t2, sa, sb, s2a, s2b, bias, has_bias, k, t_gamm
     g4 = 4.0 * 2.0**-53 / (1.0 - 4.0 * 2.0**-53)
     pb, pbi = column_powers(sb)
     ra, rb = root_stats(sa), root_stats(sb)
-    for i in prange(mrows):
+    for i in range(mrows):
         ea = int(sa[i, 0])
         pa, pai = pow2_or_zero(ea), pow2_or_zero(-ea)
         for j in range(ncols):

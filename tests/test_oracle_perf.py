@@ -597,3 +597,30 @@ def test_chunk_scaled_level1_is_exact_at_every_kept_or_redone_scale():
         exact_mask = bound <= 0.5 * np.spacing(np.abs(yk))
         assert_bitwise_equal(yk[exact_mask], ref[exact_mask], "kahan's decided elements")
         assert np.all(np.abs(yk - ref) <= bound)
+
+
+def test_exact_fallback_is_exact_on_both_of_its_ways(monkeypatch):
+    """The per-element exact fallback sums by numpy TwoProduct and integers where that split applies, else by
+    Python integers (here: a value beyond 2^995, a product below 2^-960); both are the Fraction sum rounded once."""
+    from fractions import Fraction
+
+    calls = []
+    real = exact_mod.exact_dot
+    monkeypatch.setattr(exact_mod, "exact_dot", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(53)
+    x = rng.standard_normal((1, 3, 3, 40))
+    w = rng.standard_normal((3, 3, 40, 2))
+    b = np.array([0.3, -1e-5])
+    spec = ConvSpec.from_arrays(x, w, b, padding="VALID")
+    wmat = w.reshape(-1, 2)
+    for big, want_calls in ((None, 0), (2.0**1000, 1), (2.0**-1000, 1)):
+        xv = x.copy()
+        if big is not None:
+            xv[0, 1, 1, 7] = big
+            xv[0, 2, 0, 3] = -big * 0.75
+        got = exact_mod._exact_fallback(xv, wmat, b, spec, slice(0, 40), 0, 0, 0, 1)
+        terms = zip(xv.reshape(-1).tolist(), wmat[:, 1].tolist())  # (the 3 x 3 window is the whole input)
+        exact = sum(Fraction(p) * Fraction(q) for p, q in terms) + Fraction(float(b[1]))
+        assert got == float(exact), (big, got)  # (Fraction -> float rounds correctly)
+        assert len(calls) == want_calls, (big, calls)
+        calls.clear()

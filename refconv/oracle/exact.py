@@ -78,7 +78,8 @@ import numpy as np
 
 from ..spec import ConvSpec
 from . import _scratch
-from ._exactsum import exact_dot
+from ._exactsum import exact_dot, round_to_float64
+from ._fastpoints import exact_point_sum
 from ._im2col import DEFAULT_WORKSPACE_BYTES, all_finite, float_conv_nhwc, group_slices, padded_input, window_view
 
 
@@ -279,9 +280,13 @@ _blas_limiter = None
 
 
 def _exact_fallback(xp, wmat, b, spec, cs, n, oi, oj, col) -> float:
-    """The exact integer dot product for one output element (original, unscaled values)."""
-    a = window_view(xp[..., cs], spec)[n, oi, oj].reshape(-1)
-    return exact_dot(a, wmat[:, col], 0.0 if b is None else float(b[col]))
+    """The exact sum for one output element (original, unscaled values), rounded once: numpy TwoProduct and
+    integer sums (:func:`refconv.oracle._fastpoints.exact_point_sum`, ≈ 4 ms for 25,000 terms), or the Python
+    integer dot product (≈ 23 ms) where that split does not apply."""
+    a, wcol = window_view(xp[..., cs], spec)[n, oi, oj].reshape(-1), wmat[:, col]
+    bias = 0.0 if b is None else float(b[col])
+    fast = exact_point_sum(a, wcol, bias)
+    return exact_dot(a, wcol, bias) if fast is None else round_to_float64(*fast)
 
 
 def _direct_exact(xp, w, b, spec, workspace_bytes, y, stats) -> None:

@@ -11,8 +11,9 @@ ULP here = |y - exact| / ulp_dtype(exact), with ulp of the run's output dtype
 result of the float64 inputs (total error) and against the exact result of the
 inputs the framework saw after its cast (arithmetic only).
 
-TF32 verdict per framework: "default" behaves like "tf32" (max ULP within 2x of
-the tf32 run and > 8x the ieee run) -> TF32 on by default.
+Each run is also attributed (refconv.attribute: the precision that explains it,
+and the verdict). TF32 verdict per framework: the precision attributed to the
+float32 "default" run (tf32 -> TF32 on by default, float32 -> off).
 
 Without a GPU it still runs: GPU rows are skipped and, unless --no-cpu, the
 float32 "default" CPU rows are measured for comparison.
@@ -33,6 +34,7 @@ import numpy as np
 
 import refconv
 from refconv import frameworks as fw
+from refconv.attribution import Problem
 
 GEOMETRIES = {
     "seed_5x5_s2_same": dict(x=(1, 16, 32, 256), w=(5, 5, 256, 512), stride=2, padding="SAME"),
@@ -99,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         geometry = dict(stride=g["stride"], padding=g["padding"])
         t0 = time.perf_counter()
         exact = refconv.conv2d(x, w, b, **geometry)
+        problem = Problem(x, w, b, **geometry)
         print(f"\n{gname}: x{g['x']} w{g['w']} {geometry}; exact oracle {time.perf_counter() - t0:.2f}s")
         exact_seen_cache: dict[bytes, np.ndarray] = {}
-        print(f"  {'run':42s} {'out dtype':>9s} {'max ulp':>10s} {'arith ulp':>10s} {'max |err|':>10s} {'time s':>8s}")
+        print(f"  {'run':42s} {'out dtype':>9s} {'max ulp':>10s} {'arith ulp':>10s} {'max |err|':>10s} {'time s':>8s} "
+              f"{'precision':>9s}  verdict")
         for framework, device, device_name, dtype, math in targets:
             run = fw.run(framework, x, w, b, device=device, dtype=dtype, math=math, **geometry)
             row = dict(geometry=gname, label=run.label, framework=framework, version=run.version, device=device,
@@ -122,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
                     max_ulp_arith=max_ulp(run.output, exact_seen_cache[key], od),
                     max_abs_err=float(np.max(np.abs(run.output - exact))),
                 )
+                att = refconv.attribute(run, x, w, b, problem=problem)
+                row.update(precision=att.precision, verdict=att.verdict, mismatch=att.mismatch)
                 print(f"  {run.label:42s} {od:>9s} {row['max_ulp']:10.1f} {row['max_ulp_arith']:10.1f} "
-                      f"{row['max_abs_err']:10.3e} {run.elapsed_s:8.3f}")  # fmt: skip
+                      f"{row['max_abs_err']:10.3e} {run.elapsed_s:8.3f} {att.precision or '-':>9s}  "
+                      f"{att.verdict}{' (' + att.mismatch + ')' if att.mismatch else ''}")  # fmt: skip
             else:
                 print(f"  {run.label:42s} FAILED: {(run.error or '')[:100]}")
             rows.append(row)
@@ -131,18 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = {}
     for gname in geometries:
         for framework, device in sorted({(r["framework"], r["device"]) for r in rows if r["device"] != "cpu"}):
-            by_math = {r["math"]: r.get("max_ulp_arith") for r in rows
-                       if r["geometry"] == gname and r["framework"] == framework and r["device"] == device
-                       and r["dtype"] == "float32" and r["ok"]}  # fmt: skip
-            d, i, t = by_math.get("default"), by_math.get("ieee"), by_math.get("tf32")
-            if None in (d, i, t):
-                verdict = "unknown (a float32 run failed)"
-            elif t <= 8 * max(i, 1.0):
-                verdict = f"undecidable: tf32 run ({t:.1f} ulp) is not worse than ieee ({i:.1f} ulp); TF32 not engaged"
-            elif d >= t / 2 and d > 8 * max(i, 1.0):
-                verdict = f"ON by default (default {d:.1f} ulp ~ tf32 {t:.1f} ulp >> ieee {i:.1f} ulp)"
+            by_math = {r["math"]: r for r in rows if r["geometry"] == gname and r["framework"] == framework
+                       and r["device"] == device and r["dtype"] == "float32" and r["ok"]}  # fmt: skip
+            d = by_math.get("default", {}).get("precision")
+            dd, t, i = (by_math.get(m, {}).get("max_ulp_arith", float("nan")) for m in ("default", "tf32", "ieee"))
+            ulps = f"arithmetic ulp: default {dd:.1f}, ieee {i:.1f}, tf32 {t:.1f}"
+            if d == "tf32":
+                verdict = f"ON by default (the default run is attributed to TF32; {ulps})"
+            elif d == "float32":
+                verdict = f"off by default (the default run is attributed to float32; {ulps})"
             else:
-                verdict = f"off by default (default {d:.1f} ulp ~ ieee {i:.1f} ulp << tf32 {t:.1f} ulp)"
+                verdict = f"unknown (default run: precision {d}, or it failed)"
             verdicts[f"{framework}:{device}:{gname}"] = verdict
     if verdicts:
         print("\nTF32 by default (float32, arithmetic-only ulp):")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -248,6 +249,39 @@ def test_explain_pairs_failed_runs_and_mismatch_statement():
     d = json.loads(json.dumps(rep.to_dict()))
     assert [r["label"] for r in d["runs"]] == ["truth", "f32", "nobias", "broken:cpu:float32"], d["runs"]
     assert d["runs"][3]["error"] == "boom" and "verdict" not in d["runs"][3], d["runs"][3]
+
+
+def test_identical_outputs_under_different_requests_are_one_arithmetic():
+    """The same TF32 output asked for as float32 (degraded) and as tf32 (ok): the pair says they agree exactly
+    and only the request differs, not that one side "carries 50% of the 0 gap" (seen with torch on an H200)."""
+    x, w, b = _problem(9, (1, 8, 8, 8), (3, 3, 8, 4))
+    y = refconv.conv2d(round_to(x, "tf32"), round_to(w, "tf32"), b).astype(np.float32)
+    rep = explain(x, w, b, runs=[("asked_f32", y, "float32"), ("asked_tf32", y, "tf32")])
+    assert [(a.verdict, a.precision) for a in rep.attributions] == [("degraded", "tf32"), ("ok", "tf32")]
+    (pair,) = rep.pairs
+    assert pair.max_abs_diff == 0 and pair.wrong == "a", pair
+    assert pair.statement == (
+        "asked_f32 and asked_tf32 agree exactly, so only what was requested differs: asked_f32 is degraded (its "
+        "arithmetic is consistent only with tf32, but float32 was requested); asked_tf32 is ok (tf32 arithmetic, "
+        "tf32 requested)"), pair.statement
+
+
+def test_degraded_run_names_the_precision_settings_it_ran_under():
+    """A float32 request answered in TF32 (cuDNN's default on an H200): the explanation quotes the run's TF32
+    settings and the way to full float32; settings that cannot lower precision are left out."""
+    x, w, b = _problem(9, (1, 8, 8, 8), (3, 3, 8, 4))
+    y = refconv.conv2d(round_to(x, "tf32"), round_to(w, "tf32"), b).astype(np.float32)
+    knobs = {"torch.backends.cudnn.conv.fp32_precision": "tf32", "torch.backends.cuda.matmul.fp32_precision": "none",
+             "tf32_hardware": True, "torch.get_num_threads()": 16, "torch.backends.cudnn.allow_tf32": "<error: mix>"}
+    run = FrameworkRun("torch", "2.11", "cuda:0", "H200", "float32", "default", y, precision_knobs=knobs)
+    a = attribute(run, x, w, b)
+    assert (a.verdict, a.precision) == ("degraded", "tf32"), a.explanation
+    assert a.extra["precision_settings"] == {"torch.backends.cudnn.conv.fp32_precision": "tf32",
+                                             "tf32_hardware": True}, a.extra["precision_settings"]
+    assert ("The run's precision settings: torch.backends.cudnn.conv.fp32_precision = 'tf32', tf32_hardware = "
+            'True. math="ieee" asks the framework for full float32.') in a.explanation, a.explanation
+    ok = attribute(dataclasses.replace(run, output=refconv.conv2d(x, w, b).astype(np.float32)), x, w, b)
+    assert ok.verdict == "ok" and "precision_settings" not in ok.extra, ok.explanation
 
 
 def test_explain_runs_framework_requests():

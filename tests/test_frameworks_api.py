@@ -263,6 +263,9 @@ def test_torch_math_mode_is_recorded_and_restored(math, expected):
     assert _torch_flags() == before, f"torch flags not restored after math={math!r}"
     if math != "default":
         assert any("does not apply on CPU" in n for n in run.notes), run.notes
+    if math == "ieee":  # torch refuses to read the legacy cuDNN flag while conv's fp32_precision disagrees with it
+        legacy = run.precision_knobs["torch.backends.cudnn.allow_tf32"]
+        assert legacy == "unreadable: superseded by the fp32_precision flags", legacy
 
 
 def test_math_mode_is_restored_when_the_run_fails(monkeypatch):

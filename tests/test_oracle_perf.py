@@ -255,14 +255,18 @@ def test_rounds_to_matches_round_to_nearest_even():
 
 @pytest.mark.parametrize("family", ["uniform", "normal", "ties", "illcond", "mixed_cancel", "subnormal", "underflow"])
 @pytest.mark.parametrize("shape", ["columns", "sampled", "rows", "groups", "shared_tiles", "tiny_shared_tiles"])
-def test_gemm_path_is_the_same_for_any_worker_count(family, shape):
+def test_gemm_path_is_the_same_for_any_worker_count(family, shape, monkeypatch):
     """Tiles dealt to 1, 2 or 3 worker threads (column blocks sharing rows split once, with and without the
     prediction sample, or row tiles cut to a multiple of the workers; "shared_tiles": two groups of shared row
     tiles, ten tiles each, so later tiles reuse the exponents the first one's chunk-scaled level 1 found;
     "tiny_shared_tiles": shared row tiles of fewer rows than workers):
     bitwise the same output and kahan bound, and the exact output equals the direct path's (Numba Dot2 + exact
-    integer sums)."""
+    integer sums). These small shapes stand for large ones: the smallest tile and block cut for more workers
+    are lifted to one row and one channel."""
     from refconv.oracle._im2col import pad_nhwc
+
+    monkeypatch.setattr(exact_mod, "_MIN_ROWS", 1)
+    monkeypatch.setattr(exact_mod, "_MIN_COLS", 1)
 
     rng = np.random.default_rng([21, FAMILIES.index(family)])
     xs, ws, groups = {"columns": ((1, 3, 4, 24), (3, 3, 24, 96), 1), "sampled": ((1, 5, 8, 16), (3, 3, 16, 256), 1),
@@ -293,6 +297,42 @@ def test_gemm_path_is_the_same_for_any_worker_count(family, shape):
     for workers, (y, yk, bound) in zip((2, 3), outs[1:]):
         for got, want, what in zip((y, yk, bound), outs[0], ("exact", "kahan", "kahan bound")):
             assert_bitwise_equal(got, want, f"{family}/{shape}: {what} with {workers} workers")
+
+
+def test_many_workers_share_k_chunks_instead_of_cutting_slivers(monkeypatch):
+    """With more workers than 128-channel blocks (16 on a 16-core machine), the plan stops at blocks of 128
+    channels and the workers share the row tile by (block, K-chunk) item (6 workers: 4 blocks, 12 items), or,
+    with too few items for that, take the tiles (16 workers: 8 tiles, 8 workers). Bitwise the output and kahan
+    bound of one worker, and correctly rounded."""
+    from refconv.oracle._im2col import pad_nhwc
+
+    merged = []
+    real = exact_mod._merge_level1
+    monkeypatch.setattr(exact_mod, "_merge_level1", lambda kern, parts, *a: merged.append(len(parts)) or real(
+        kern, parts, *a))
+
+    seed = ConvSpec.from_shapes((1, 16, 32, 256), (5, 5, 256, 512), stride=2, padding="SAME")
+    assert [exact_mod._gemm_plan(seed, 2**28, n)[1] for n in (1, 2, 3, 4, 8, 16)] == [512, 256, 171, 128, 128, 128]
+    resnet = ConvSpec.from_shapes((8, 56, 56, 64), (3, 3, 64, 64), padding="SAME")
+    assert exact_mod._gemm_plan(resnet, 2**28, 16)[2] >= 128  # row tiles: no fewer than _MIN_ROWS rows
+    rng = np.random.default_rng(5)
+    x, w, b = rng.random((1, 8, 16, 160)), rng.random((3, 3, 160, 512)), rng.random(512)  # (level 1 decides)
+    spec = ConvSpec.from_arrays(x, w, b, padding="SAME")  # 128 rows, K = 1440 in 3 chunks, 4 blocks of 128
+    xp = np.ascontiguousarray(pad_nhwc(x, spec))
+    outs = []
+    for workers in (1, 6, 16):
+        merged.clear()
+        y, yk, bound = (np.empty(spec.output_shape) for _ in range(3))
+        with exact_mod.single_threaded_blas():
+            assert exact_mod._gemm_exact(xp, w, b, spec, 2**28, y, exact_mod.ExactStats(), None, workers)
+            assert exact_mod._gemm_exact(xp, w, b, spec, 2**28, yk, exact_mod.ExactStats(), bound, workers)
+        assert (len(merged), max(merged, default=0) > 1) == ((8, True) if workers == 6 else (0, False)), merged
+        outs.append((y, yk, bound))
+    ref, _ = exact_mod.conv2d_exact_nhwc(x, w, b, spec, path="direct")
+    assert_bitwise_equal(outs[0][0], ref, "one worker against the direct path")
+    for workers, out in zip((6, 16), outs[1:]):
+        for got, want, what in zip(out, outs[0], ("exact", "kahan", "kahan bound")):
+            assert_bitwise_equal(got, want, f"{what} with {workers} workers")
 
 
 def test_gemm_path_checks_the_weights_on_its_way():

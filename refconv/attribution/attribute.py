@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from .types import Attribution
 
 __all__ = ["attribute", "Problem"]
 
+_PRECISION_KNOB = re.compile(r"tf32|fp32_precision|matmul_precision|fpmath|precision argument", re.IGNORECASE)
 _Z = 6.0  # standard errors needed to rule a model out
 _EFFECT = 0.3  # ... and the minimum effect size (fraction of the pattern)
 _SIGNATURE = 4.0  # a run this many times closer (rms) to one emulation than the two differ rules the other out
@@ -303,8 +305,7 @@ class Problem:
             self._cache[key] = (
                 self._cache[xkey],
                 _round(w, fmt, mode, via),
-                None if inputs.b is None else _round(
-                    inputs.b, model.bias_format, mode if model.bias_format == fmt else "nearest", via),
+                _model_bias(inputs.b, model),
             )
         return self._cache[key]
 
@@ -333,6 +334,20 @@ class Problem:
                 _float_conv(xr, wr, br, spec) if sample is None else sample.conv(xr, wr, br, spec, w_subset=sub)
             )
         return self._cache[key], False
+
+
+def _model_bias(b: np.ndarray | None, model: PrecisionModel) -> np.ndarray | None:
+    """The bias as the model stores it (rounded like the inputs when it shares their format)."""
+    if b is None or model.input_format == "float64":
+        return b
+    mode = model.rounding if model.bias_format == model.input_format else "nearest"
+    return _round(b, model.bias_format, mode, model.via)
+
+
+def _bias_after_rounding(e: np.ndarray, b: np.ndarray, out_fmt: str) -> np.ndarray:
+    """An emulation with its bias added by a separate op after the conv was rounded to the output format."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _round(_round(e - b, out_fmt, "nearest") + b, out_fmt, "nearest")
 
 
 def _round(a: np.ndarray, fmt: str, mode: str, via: str | None = None) -> np.ndarray:
@@ -371,6 +386,7 @@ class ModelFit:
     max_ratio: float  # max |y - e| / bound
     energy: float  # Σ (r / noise scale)²
     unit: np.ndarray | None = None  # u_acc·Σ|x̂·ŵ| + output/bias rounding: one "unit" of this model's error
+    bias_after_rounding: bool = False  # the emulation adds the bias after rounding the conv to the output format
 
     @property
     def fits(self) -> bool:
@@ -425,6 +441,26 @@ def fit_model(
         scale = _noise_scale(mag, y, n, acc.u, out_fmt)
         energy = float(np.sum(np.where(ok, (r / scale) ** 2, 0.0)))
     return ModelFit(model, e, bound, viol, float(np.max(ratio, initial=0.0)), energy, slack + acc.u * m)
+
+
+def fit_either_bias_order(
+    y: np.ndarray, e: np.ndarray, exact_emulation: bool, mag: np.ndarray, bias: np.ndarray | None, n: int,
+    model: PrecisionModel, out_fmt: str, after: bool | None = None,
+) -> ModelFit:
+    """:func:`fit_model`, and where the output format is narrower than the accumulator and there is a bias,
+    also of the emulation whose bias is added by a separate op after the conv was rounded to the output format
+    (jax, cuDNN in bfloat16): a bias below half an output ulp then vanishes, which is rounding, not a missing
+    bias. Returns the closer of the two (fewer violations, then smaller energy), or the one ``after`` names.
+    """
+    before = None if after else fit_model(y, e, exact_emulation, mag, bias, n, model, out_fmt)
+    if bias is None or after is False or FORMATS[out_fmt].precision >= FORMATS[model.accumulation].precision:
+        return before if before is not None else fit_model(y, e, exact_emulation, mag, bias, n, model, out_fmt)
+    post = fit_model(y, _bias_after_rounding(e, _model_bias(bias, model), out_fmt), exact_emulation, mag, bias, n,
+                     model, out_fmt)
+    post.bias_after_rounding = True
+    if before is None or (post.n_violations, post.energy) < (before.n_violations, before.energy):
+        return post
+    return before
 
 
 def projection(r: np.ndarray, d: np.ndarray, sigma: np.ndarray) -> tuple[float, float]:
@@ -524,7 +560,7 @@ def fit_precisions(
         if model.fallback != fallback:
             continue
         e, exact = prob.emulate(inputs, model, spec, sample)
-        fits.append(fit_model(ys, e, exact, mag_s, bias_s, n, model, out_fmt))
+        fits.append(fit_either_bias_order(ys, e, exact, mag_s, bias_s, n, model, out_fmt))
     fitting = [f for f in fits if f.fits]
     ruled, tests = (set(), {})
     if len(fitting) > 1:
@@ -537,7 +573,7 @@ def fit_precisions(
     # re-check on every element, per label in order of sample energy, until one model of the label holds
     for label in LABEL_ORDER:
         for f in sorted((f for f in alive if f.model.label == label), key=lambda f: f.energy):
-            full = f if sample.full else full_fit(prob, inputs, spec, y, out_fmt, f.model)
+            full = f if sample.full else full_fit(prob, inputs, spec, y, out_fmt, f.model, f.bias_after_rounding)
             full_fits[f.model.name] = full
             if full.fits:
                 survivors.append(full)
@@ -546,11 +582,15 @@ def fit_precisions(
     return PrecisionFit(fits, survivors, tests, full_fits, sample)
 
 
-def full_fit(prob: Problem, inputs: _Inputs, spec: ConvSpec, y: np.ndarray, out_fmt: str, model: PrecisionModel):
-    """The fit of one model on every element."""
+def full_fit(
+    prob: Problem, inputs: _Inputs, spec: ConvSpec, y: np.ndarray, out_fmt: str, model: PrecisionModel,
+    bias_after_rounding: bool = False,
+) -> ModelFit:
+    """The fit of one model on every element (bias added before or after the output rounding, as at the sample)."""
     e, exact = prob.emulate(inputs, model, spec, None)
     mag = prob.magnitude_for(inputs, spec, None)
-    return fit_model(y, e, exact, mag, inputs.b, spec.n_terms + spec.has_bias, model, out_fmt)
+    return fit_either_bias_order(y, e, exact, mag, inputs.b, spec.n_terms + spec.has_bias, model, out_fmt,
+                                 after=bias_after_rounding)
 
 
 def choose_precision(requested: str, candidates: list[str]) -> tuple[str | None, str]:
@@ -664,6 +704,9 @@ def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
     ys = sample.take(y)
     best = min(pfit.survivors, key=lambda f: f.energy)
     e_best, _ = prob.emulate(seen, best.model, prob.cspec, sample)
+    if best.bias_after_rounding:
+        b_s = _model_bias(seen.b, best.model)
+        e_best = _bias_after_rounding(e_best, b_s if sample.full else b_s[sample.ch], out_fmt)
     mag_s = sample.take(prob.magnitude)
     sigma = _noise_scale(mag_s, ys, prob.n, FORMATS[best.model.accumulation].u, out_fmt)
     exact_s = sample.take(prob.exact)
@@ -867,7 +910,8 @@ def attribute(
     elif verdict == "unexplained":
         if pfit is not None:
             bestfit = pfit.best()
-            bestfit = pfit.full_fits.get(bestfit.model.name) or full_fit(prob, seen, cspec, yc, out_fmt, bestfit.model)
+            bestfit = pfit.full_fits.get(bestfit.model.name) or full_fit(
+                prob, seen, cspec, yc, out_fmt, bestfit.model, bestfit.bias_after_rounding)
             outliers = bestfit.violations
             extra["precision_elsewhere"] = bestfit.model.label
             detail = _outlier_detail(outliers, bestfit, yc, spec, cspec)
@@ -1030,6 +1074,11 @@ def _assemble(*, label, requested, out_fmt, precision, candidates, mismatch, det
         extra["output_shape"] = list(shape)
     tol = _tolerance(precision or extra.get("precision_under_mismatch") or requested, chosen, mag, n, out_fmt,
                      prob.original.b, yc)
+    if verdict == "degraded" and run is not None and getattr(run, "precision_knobs", None):
+        # the settings that can explain a lower precision than requested (TF32 flags, oneDNN fpmath, jax precision)
+        extra["precision_settings"] = {
+            k: v for k, v in run.precision_knobs.items()
+            if _PRECISION_KNOB.search(k) and v not in (None, "none", "unset") and not str(v).startswith("<error")}
     a = Attribution(
         label=label, requested_dtype=requested, output_dtype=out_fmt, precision=precision, candidates=candidates,
         mismatch=mismatch, mismatch_detail=detail, verdict=verdict, n_terms=n, **out,

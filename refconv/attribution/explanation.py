@@ -60,6 +60,11 @@ def explain_attribution(a: Attribution) -> str:
                     f"Casting the inputs ({ref}) accounts for {g(a.input_cast_error)} of the "
                     f"error and the arithmetic for {g(a.arithmetic_error)}."
                 )
+        settings = a.extra.get("precision_settings")
+        if settings:
+            parts.append("The run's precision settings: " + ", ".join(f"{k} = {v!r}" for k, v in settings.items())
+                         + "." + (' math="ieee" asks the framework for full float32.'
+                                  if a.precision == "tf32" and a.requested_dtype == "float32" else ""))
         others = [c for c in a.candidates if c != a.precision]
         if others:
             parts.append(f"The data cannot rule out {', '.join(others)} either.")

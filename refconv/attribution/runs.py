@@ -194,6 +194,10 @@ def compare_pair(a: Attribution, b: Attribution, ya: np.ndarray, yb: np.ndarray,
                 statement += f"; {small.label} is {small.precision} ok with max error {g(small.max_abs_error)}"
             else:
                 statement += f"; {small.label} is exact"
+    elif max_diff == 0:  # the same output judged against different requests: only the request can differ
+        said = [f"{r.label} is {r.verdict} ({_fault(r)})" if r.verdict != "ok" else
+                f"{r.label} is ok ({r.precision} arithmetic, {r.requested_dtype} requested)" for r in (a, b)]
+        statement += f"{a.label} and {b.label} agree exactly, so only what was requested differs: " + "; ".join(said)
     elif wrong == "both":
         statement += (f"both are wrong: {a.label} ({a.verdict}: {_fault(a)}) and {b.label} ({b.verdict}: "
                       f"{_fault(b)})")

@@ -80,7 +80,11 @@ class TorchAdapter(Adapter):
         torch = self.load()
         k: dict[str, Any] = {}
         for path in _BACKEND_FLAGS:
-            k[f"torch.backends.{path}"] = safe_read(lambda p=path: _getpath(torch.backends, p))
+            v = safe_read(lambda p=path: _getpath(torch.backends, p))
+            if path.endswith("allow_tf32") and str(v).startswith("<error") and "new API" in str(v):
+                # torch ≥ 2.9 refuses to read a legacy flag once the fp32_precision flags disagree with it
+                v = "unreadable: superseded by the fp32_precision flags"
+            k[f"torch.backends.{path}"] = v
         k["torch.get_float32_matmul_precision()"] = safe_read(torch.get_float32_matmul_precision)
         k["torch.are_deterministic_algorithms_enabled()"] = safe_read(torch.are_deterministic_algorithms_enabled)
         k["torch.get_num_threads()"] = safe_read(torch.get_num_threads)

@@ -173,6 +173,7 @@ def tail_gamma(k: int, kb: int, gemms: int = 2) -> float:
 
 _NSTATS = 6  # statistics per split row/column (see refconv.oracle._kernels.split_rows)
 _CHUNK = 512  # K-chunk of the GEMMs: level-1 digits exact per chunk; tail bound γ_(512+2K/512)
+_MIN_ROWS, _MIN_COLS = 128, 128  # the smallest tile and block _gemm_plan cuts for more workers
 _TILE_BYTES = 32 * 2**20  # per-tile buffers of the GEMM path, within the workspace
 _SAMPLE_ROWS, _SAMPLE_COLS, _SAMPLE_CHUNK = 32, 8, 16384  # the block whose p1 predicts a tile's level
 _REFINE_FRACTION = 0.05  # above this (predicted or actual) undecided share a tile uses the two-digit level
@@ -201,19 +202,19 @@ def gemm_conv(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> bool:
     column exponents, or while it splits them): returns False if one is NaN or ±inf (y and bound are then
     incomplete; the callers compute them another way).
 
-    Runs on ``numba.get_num_threads()`` worker threads, each calling BLAS single-threaded on its own
-    tiles (see :func:`single_threaded_blas`); with one thread, or where BLAS's thread count cannot be
-    set, on the calling thread with BLAS threaded as configured.
+    Runs on up to ``numba.get_num_threads()`` worker threads (as many as there are pieces of work), each
+    calling BLAS single-threaded on its own tiles (see :func:`single_threaded_blas`); with one thread, or
+    where BLAS's thread count cannot be set, on the calling thread with BLAS threaded as configured.
     """
     import numba
 
-    workers = numba.get_num_threads()
+    threads = workers = numba.get_num_threads()
     numba.set_num_threads(1)  # this thread's Numba kernels run single-threaded (the setting is per thread)
     try:
         with single_threaded_blas(workers > 1) as limited:
             return _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound, workers if limited else 1)
     finally:
-        numba.set_num_threads(workers)
+        numba.set_num_threads(threads)
 
 
 def _worker_pool(helpers: int) -> ThreadPoolExecutor:
@@ -332,7 +333,10 @@ def _gemm_plan(spec: ConvSpec, workspace_bytes: int, workers: int) -> tuple[int,
     results; a tile holds at least one row and one channel. With several workers, a conv
     that makes few tiles is cut into a multiple of ``workers`` tiles, along its rows if
     a tile has at least as many rows as channels (the weight split is redone per row tile),
-    else along its channels (the row split is redone per column block).
+    else along its channels (the row split is redone per column block), but not into tiles of fewer
+    than ``_MIN_ROWS`` rows or blocks of fewer than ``_MIN_COLS`` channels: slivers whose splits,
+    merges and skinny GEMMs cost more than the extra cores give (on a 16-core Xeon the seed conv took
+    130 ms in blocks of 32 channels for 16 workers, 27 ms in blocks of 128 or 64, 33 ms on one worker).
 
     >>> _gemm_plan(ConvSpec.from_shapes((1, 16, 32, 256), (5, 5, 256, 512), stride=2, padding="SAME"), 2**28, 2)
     (512, 256, 128)
@@ -348,9 +352,11 @@ def _gemm_plan(spec: ConvSpec, workspace_bytes: int, workers: int) -> tuple[int,
     tiles, blocks = -(-total // rows), -(-og // nb)
     if workers > 1 and spec.groups * tiles * blocks < 4 * workers:
         if rows >= nb:
-            tiles = min(total, -(-tiles // workers) * workers)
+            tiles = min(max(tiles, total // _MIN_ROWS), -(-tiles // workers) * workers)
         else:
-            blocks = min(og, -(-blocks // workers) * workers)
+            blocks = min(max(blocks, og // _MIN_COLS), -(-blocks // workers) * workers)
+            if total * 8 * (5 * kc + 12 * -(-og // blocks)) <= min(ws - 32 * kc * -(-og // blocks), _TILE_BYTES):
+                tiles = 1  # (all rows fit one tile of the narrower blocks: one row tile, not several in a row)
     return kc, -(-og // blocks), -(-total // tiles)
 
 
@@ -378,14 +384,19 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     kc, nb, rows_max = _gemm_plan(spec, workspace_bytes, workers)
     og = spec.O // spec.groups
     total = spec.N * oh * ow
-    # With at least one column block per worker in each group, the workers share each row tile: its rows are
-    # split once (in parallel; its digits and the workers' level-1 sums take at most a quarter of the workspace),
-    # then its column blocks are dealt out.
+    # With a column block per worker in each group (or, for more workers, as many blocks as _MIN_COLS allows, at
+    # least two, and two (block, K-chunk) items per worker), the workers share each row tile: its rows are split
+    # once (in parallel; its digits and the workers' level-1 sums take at most a quarter of the workspace), then
+    # its blocks' level 1 is dealt out by K-chunk.
+    def shareable(plan: tuple[int, int, int]) -> bool:
+        blocks = -(-og // plan[1])
+        return blocks >= workers or blocks >= max(2, og // _MIN_COLS) and blocks * -(-k // plan[0]) >= 2 * workers
+
     share = False
     shared_bytes = 24 * min(rows_max, total) * (k + workers * og)
-    if workers > 1 and -(-og // nb) >= workers and shared_bytes <= workspace_bytes // 4:
+    if workers > 1 and shareable((kc, nb, rows_max)) and shared_bytes <= workspace_bytes // 4:
         shared_plan = _gemm_plan(spec, workspace_bytes - workspace_bytes // 4, workers)
-        share = -(-og // shared_plan[1]) >= workers
+        share = shareable(shared_plan)
         if share:
             kc, nb, rows_max = shared_plan
     tgamma1 = tail_gamma(k, kc, 2)
@@ -405,6 +416,10 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     blocks = [(cs, slice(os_.start + c0, os_.start + min(og, c0 + nb))) for _, cs, os_ in group_slices(spec)
               for c0 in range(0, og, nb)]
     tiles = [(blk, m0) for blk in range(len(blocks)) for m0 in range(0, total, rows_max)]
+    # No more workers than tiles; sharing a row tile, no more than two per column block: each block's merge and
+    # finish (Dot2 re-checks, bounds) falls to one worker, and more level-1 parts only lengthen them (16-core
+    # Xeon, seed conv, 4 blocks: 27 ms with 8 workers, 70 ms with 16).
+    workers = min(workers, 2 * -(-og // nb) if share else len(tiles))
     none2 = np.empty((1, 1))
     # Tiles larger than 4 samples take one; the blocks' sample columns are copied contiguously on the way
     # (if the copies take at most a quarter of the workspace; else the samples read the weights in place).

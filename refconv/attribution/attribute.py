@@ -9,6 +9,10 @@ How a verdict is reached (see :func:`attribute`):
    the float64 sum's own error γ_n(2^-53)·Σ|x·w| is added to the bound). A
    model *fits* when every element satisfies
    |y − e_m| ≤ γ_(n+2)(u_acc)·Σ|x̂·ŵ| + u_in·|b| + ½ulp_out(y).
+   Where the output format is narrower than the accumulator, each model is
+   also emulated with its bias added by a separate op after the conv was
+   rounded to the output format (jax, cuDNN in bfloat16), where a bias below
+   half an output ulp vanishes; the closer of the two orders is kept.
 2. **Statistics among fitting models.** Two fitting models m and m' whose
    emulations differ by d = e_m' − e_m are told apart by regressing
    r = y − e_m on d: β ≈ 0 means the run shows none of m's-to-m' rounding

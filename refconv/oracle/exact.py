@@ -45,11 +45,13 @@ copy of the weights is made.
   round (values 2^1022 below their maximum) are flagged and never read as an exact zero.
 
 **Threads** (:func:`gemm_conv`): tiles (a block of output rows x a block of
-output channels) go to ``numba.get_num_threads()`` worker threads, each calling
+output channels) go to up to ``numba.get_num_threads()`` worker threads, each calling
 BLAS single-threaded (:func:`single_threaded_blas`), one at a time to whichever
 worker is free; a row tile shared by several column blocks has its rows split once,
-in parallel, and its level 1 dealt out by (column block, K-chunk). The chunk buffers
-and tile arrays are reused across calls (:mod:`refconv.oracle._scratch`).
+in parallel, and its level 1 dealt out by (column block, K-chunk). For more workers
+the plan cuts tiles and blocks no smaller than 128 rows and 128 channels, and uses no
+more workers than tiles, or than two per block of a shared row tile (:func:`_gemm_plan`).
+The chunk buffers and tile arrays are reused across calls (:mod:`refconv.oracle._scratch`).
 
 **Direct path** (depthwise and other convs with < 16 output channels per group
 or < 16 terms): the vectorized Numba Dot2 kernel of the "kahan" method gives

@@ -264,6 +264,11 @@ def test_identical_outputs_under_different_requests_are_one_arithmetic():
         "asked_f32 and asked_tf32 agree exactly, so only what was requested differs: asked_f32 is degraded (its "
         "arithmetic is consistent only with tf32, but float32 was requested); asked_tf32 is ok (tf32 arithmetic, "
         "tf32 requested)"), pair.statement
+    nobias = refconv.conv2d(x, w).astype(np.float32)  # the same mistake twice: no talk of requests
+    (pair,) = explain(x, w, b, runs=[("one", nobias), ("two", nobias)]).pairs
+    assert pair.wrong == "both" and pair.statement == (
+        "both are wrong and agree exactly: one is mismatch (output equals the exact conv without the bias); two is "
+        "mismatch (output equals the exact conv without the bias)"), pair.statement
 
 
 def test_degraded_run_names_the_precision_settings_it_ran_under():

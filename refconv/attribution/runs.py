@@ -197,7 +197,9 @@ def compare_pair(a: Attribution, b: Attribution, ya: np.ndarray, yb: np.ndarray,
     elif max_diff == 0:  # the same output judged against different requests: only the request can differ
         said = [f"{r.label} is {r.verdict} ({_fault(r)})" if r.verdict != "ok" else
                 f"{r.label} is ok ({r.precision} arithmetic, {r.requested_dtype} requested)" for r in (a, b)]
-        statement += f"{a.label} and {b.label} agree exactly, so only what was requested differs: " + "; ".join(said)
+        how = "both are wrong and agree exactly" if wrong == "both" else (
+            f"{a.label} and {b.label} agree exactly, so only what was requested differs")
+        statement += f"{how}: " + "; ".join(said)
     elif wrong == "both":
         statement += (f"both are wrong: {a.label} ({a.verdict}: {_fault(a)}) and {b.label} ({b.verdict}: "
                       f"{_fault(b)})")

@@ -210,13 +210,13 @@ def gemm_conv(xp, w, b, spec, workspace_bytes, y, stats, bound=None) -> bool:
     """
     import numba
 
-    threads = workers = numba.get_num_threads()
+    workers = numba.get_num_threads()
     numba.set_num_threads(1)  # this thread's Numba kernels run single-threaded (the setting is per thread)
     try:
         with single_threaded_blas(workers > 1) as limited:
             return _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound, workers if limited else 1)
     finally:
-        numba.set_num_threads(threads)
+        numba.set_num_threads(workers)
 
 
 def _worker_pool(helpers: int) -> ThreadPoolExecutor:
@@ -349,15 +349,18 @@ def _gemm_plan(spec: ConvSpec, workspace_bytes: int, workers: int) -> tuple[int,
     total = spec.N * spec.out_hw[0] * spec.out_hw[1]
     ws = workspace_bytes // workers
     nb = int(max(1, min(og, ws // (64 * kc))))
-    tile_bytes = min(ws - 32 * kc * nb, _TILE_BYTES)  # small tiles stay in cache, buffers are reused
-    rows = int(max(1, min(total, tile_bytes // (8 * (5 * kc + 12 * nb)))))
+
+    def rows_for(nb: int) -> int:  # (small tiles stay in cache, buffers are reused)
+        return int(max(1, min(total, min(ws - 32 * kc * nb, _TILE_BYTES) // (8 * (5 * kc + 12 * nb)))))
+
+    rows = rows_for(nb)
     tiles, blocks = -(-total // rows), -(-og // nb)
     if workers > 1 and spec.groups * tiles * blocks < 4 * workers:
         if rows >= nb:
             tiles = min(max(tiles, total // _MIN_ROWS), -(-tiles // workers) * workers)
         else:
             blocks = min(max(blocks, og // _MIN_COLS), -(-blocks // workers) * workers)
-            if total * 8 * (5 * kc + 12 * -(-og // blocks)) <= min(ws - 32 * kc * -(-og // blocks), _TILE_BYTES):
+            if rows_for(-(-og // blocks)) == total:
                 tiles = 1  # (all rows fit one tile of the narrower blocks: one row tile, not several in a row)
     return kc, -(-og // blocks), -(-total // tiles)
 

@@ -287,6 +287,9 @@ def test_degraded_run_names_the_precision_settings_it_ran_under():
             'True. math="ieee" asks the framework for full float32.') in a.explanation, a.explanation
     ok = attribute(dataclasses.replace(run, output=refconv.conv2d(x, w, b).astype(np.float32)), x, w, b)
     assert ok.verdict == "ok" and "precision_settings" not in ok.extra, ok.explanation
+    tf = {"tf.config.experimental.tensor_float_32_execution_enabled()": True, "env.TF_ENABLE_ONEDNN_OPTS": "unset"}
+    a = attribute(dataclasses.replace(run, framework="tensorflow", precision_knobs=tf), x, w, b)
+    assert a.extra["precision_settings"] == {"tf.config.experimental.tensor_float_32_execution_enabled()": True}
 
 
 def test_explain_runs_framework_requests():

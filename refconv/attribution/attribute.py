@@ -47,7 +47,8 @@ from .types import Attribution
 
 __all__ = ["attribute", "Problem"]
 
-_PRECISION_KNOB = re.compile(r"tf32|fp32_precision|matmul_precision|fpmath|precision argument", re.IGNORECASE)
+_PRECISION_KNOB = re.compile(  # precision settings a degraded run's explanation quotes (see the adapters' knobs)
+    r"tf32|tensor_float_32|fp32_precision|matmul_precision|fpmath|precision argument", re.IGNORECASE)
 _Z = 6.0  # standard errors needed to rule a model out
 _EFFECT = 0.3  # ... and the minimum effect size (fraction of the pattern)
 _SIGNATURE = 4.0  # a run this many times closer (rms) to one emulation than the two differ rules the other out

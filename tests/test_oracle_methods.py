@@ -19,6 +19,7 @@ from test_oracle_reference import (
 
 import refconv
 from refconv.oracle._im2col import float_conv_nhwc
+from refconv.oracle.kahan import conv2d_kahan_nhwc
 from refconv.spec import ConvSpec
 
 GEOMETRY_SUBSET = range(0, N_GEOMETRIES, 3)
@@ -63,6 +64,24 @@ def test_kahan_bound_is_tight_enough_to_be_useful():
             np.testing.assert_array_less(res.bound, 1.01 * U64 * np.abs(res.y), err_msg="well-conditioned: ~u·|y|")
         else:
             assert err.max() > 0, "Dot2 should be inexact at cond ~2^130 (else this case tests nothing)"
+
+
+def test_kahan_bound_covers_rounding_just_above_the_smallest_normal():
+    """In [2^-1022, 2^-1021) half an ulp is 2^-1075, not a float64 (np.spacing / 2 rounds it to 0): a correctly rounded
+    but inexact result there must still get a nonzero bound, on both paths."""
+    v = 2.0**-511 * (1 + 2.0**-30)  # v·w has bits down to 2^-1082: rounding it to the 2^-1074 grid is inexact
+    x = np.zeros((1, 1, 1, 16))
+    x[..., 0] = v
+    w = np.zeros((1, 1, 16, 16))
+    w[0, 0, 0] = v * np.arange(1, 17) / 8
+    spec = ConvSpec.from_shapes(x.shape, w.shape)
+    for path in ("gemm", "direct"):
+        y, bound = (a.ravel() for a in conv2d_kahan_nhwc(x, w, None, spec, path=path))
+        for j in range(16):
+            err = abs(Fraction(float(y[j])) - Fraction(v) * Fraction(float(w[0, 0, 0, j])))
+            assert err <= Fraction(float(bound[j])), (path, j, float(y[j]), float(bound[j]))
+        tiny = (np.abs(y) >= 2.0**-1022) & (np.abs(y) < 2.0**-1021)
+        assert tiny.any() and np.all(bound[tiny] > 0), path
 
 
 @pytest.mark.parametrize("family", FAMILIES)

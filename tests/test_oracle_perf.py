@@ -145,7 +145,7 @@ def test_kahan_returns_dot2_not_plain_summation():
     from refconv.oracle._kernels import kernels
 
     compiled = {name: k for name, k in vars(kernels()).items() if hasattr(k, "targetoptions")}
-    assert {"dot2_general", "dot2_depthwise", "pairs_chunk"} <= set(compiled)
+    assert {"dot2_general", "dot2_depthwise", "pairs_chunks"} <= set(compiled)
     for name, k in compiled.items():
         assert not k.targetoptions.get("fastmath"), f"{name} compiled with fastmath"
 

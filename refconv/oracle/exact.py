@@ -14,7 +14,8 @@ Everything streams over K-chunks of 512 (:data:`_CHUNK`): each chunk of A and B 
 split into small buffers that stay in cache and fed to BLAS at once, so no K x N
 copy of the weights is made.
 
-* Level 1 (3 GEMMs): digits of β1 = ⌊(53 - ⌈log2 512⌉) / 2⌋ = 22 bits, so each
+* Level 1 (3 GEMMs in two BLAS calls: [a1_A; r1_A] @ a1_B, stacked so that a1_B is packed
+  once, and A_s @ r1_B): digits of β1 = ⌊(53 - ⌈log2 512⌉) / 2⌋ = 22 bits, so each
   chunk's p1 = a1 @ b1 is exact and the chunk sums are added by TwoSum into a pair
   (hi, lo) that holds p1 exactly (:func:`refconv.oracle._kernels.accumulate_level1`; the
   errors are multiples of 2^-2β1, which lo sums exactly). The float tail
@@ -48,7 +49,8 @@ copy of the weights is made.
 output channels) go to up to ``numba.get_num_threads()`` worker threads, each calling
 BLAS single-threaded (:func:`single_threaded_blas`), one at a time to whichever
 worker is free; a row tile shared by several column blocks has its rows split once,
-in parallel, and its level 1 dealt out by (column block, K-chunk). For more workers
+a K-chunk at a time just before that chunk's level 1 (so that its digits are read from
+cache), and its level 1 dealt out by (column block, K-chunk). For more workers
 the plan cuts tiles and blocks no smaller than 128 rows and 128 channels, and uses no
 more workers than tiles, or than two per block of a shared row tile (:func:`_gemm_plan`).
 The chunk buffers and tile arrays are reused across calls (:mod:`refconv.oracle._scratch`).
@@ -375,10 +377,11 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     through certified roundings, so the output does not depend on BLAS's order).
     The work is a :class:`_TaskGraph` run by ``workers`` threads (BLAS should then be
     single-threaded: :func:`single_threaded_blas`): the column exponents, then whole tiles (a column
-    block x a block of output rows); or, where the workers share a row tile, the tile's row split, the
-    blocks' exponents and predictions (from the split rows; then level 2 of the blocks predicted to need it),
-    and level 1 by (block, K-chunk), each worker summing its chunks apart (merged exactly by whoever sums a block's
-    last chunk, which then finishes that tile). Every element comes out the same whoever computes what.
+    block x a block of output rows); or, where the workers share a row tile, the tile's row exponents and
+    prediction sample, the blocks' exponents and predictions (then level 2 of the blocks predicted to need it),
+    and, K-chunk by K-chunk, the rows' split and level 1 by (block, K-chunk), each worker summing its chunks apart
+    (merged exactly by whoever sums a block's last chunk, which then finishes that tile). Every element comes out
+    the same whoever computes what.
     Returns False if a weight is not finite (the outputs then incomplete).
     """
     from ._kernels import kernels
@@ -412,9 +415,9 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
     cg = spec.C // spec.groups
     wmat = w.reshape(k, spec.O)
     chunks = [(c, min(k, c + kc)) for c in range(0, k, kc)]
-    # The prediction sample: p1 of _SAMPLE_ROWS x _SAMPLE_COLS in K-chunks of up to _SAMPLE_CHUNK (few BLAS calls).
+    # The prediction sample: p1 of _SAMPLE_ROWS x _SAMPLE_COLS in K-chunks of up to _SAMPLE_CHUNK (few BLAS calls: on
+    # the seed conv, chunks of 2048 made the whole call 7 % slower than one chunk, interleaved A/B, 25 rounds).
     sk = int(min(k, max(kc, min(_SAMPLE_CHUNK, workspace_bytes // (workers * 8 * 5 * (_SAMPLE_ROWS + _SAMPLE_COLS))))))
-    sk -= sk % kc if sk < k else 0  # (whole level-1 chunks: a shared row tile's prediction uses its split rows)
     sample_chunks = [(c, min(k, c + sk)) for c in range(0, k, sk)]
     y2 = y.reshape(total, spec.O)
     bound2 = None if bound is None else bound.reshape(total, spec.O)
@@ -453,9 +456,9 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                    min(total, m0 + rows_max) - m0, *col_exp[blk][:2], (tgamma1, tgamma2), counts[slot],
                    functools.partial(_exact_fallback, xp, wmat, b, spec, cs), cols, y2, bound2, pre, frac, level1)
 
-    def columns(blk: int, m0: int | None, pre: tuple | None, slot: int, ws) -> None:
+    def columns(blk: int, m0: int | None, slot: int, ws) -> None:
         """Item: the block's column exponents over all of K (the graph stops if a weight is not finite); or, for
-        the shared row tile at m0 (its rows split in ``pre``), only reference exponents from the first K-chunk
+        the shared row tile at m0, only reference exponents from the first K-chunk
         (level 1 scales each chunk by its own: :func:`refconv.oracle._kernels.split_cols_chunk`, which also checks
         the weights) and the sample columns' exponents, then the block's prediction."""
         if m0 is None:
@@ -473,15 +476,17 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
             return
         refs[blk] = st[0].copy()
         col_exp[blk] = (None, sample_w, True)  # (the exponents over all of K come with level 1)
-        predict(blk, m0, pre, slot, ws, eb)
+        graph.wait(("sample", m0))  # (an earlier item: taken already; skipped if the graph stopped)
+        if not graph.stopped:
+            predict(blk, m0, slot, ws, eb)
 
-    def predict(blk: int, m0: int, pre: tuple, slot: int, ws, eb=None) -> None:
-        """Item: :func:`_predict` for the block and the shared row tile at m0, from its split rows ``pre``
-        (``eb``: the sample columns' exponents, if the block's are not known yet); then the whole tile at level 2
-        if that is predicted to be needed."""
+    def predict(blk: int, m0: int, slot: int, ws, eb=None) -> None:
+        """Item: :func:`_predict` for the block and the shared row tile at m0 (``eb``: the sample columns'
+        exponents, if the block's are not known yet); then the whole tile at level 2 if that is predicted to be
+        needed."""
         fracs[blk] = _predict(kern, ws, xp, geometry(blk), betas[0], wmat, blocks[blk][1], col_exp[blk][1],
                               sample_chunks, m0, min(total, m0 + rows_max) - m0,
-                              col_exp[blk][0] if eb is None else eb, b, k, tgamma1, (chunks, pre))
+                              col_exp[blk][0] if eb is None else eb, b, k, tgamma1, sample_rows[m0])
         if fracs[blk] > _REFINE_FRACTION:
             if col_exp[blk][0] is None:  # (only the first chunk's were found): exponents over all of K
                 col_exp[blk] = column_exponents(blk)
@@ -490,14 +495,24 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                     return
             tile(blk, m0, slot, ws, frac=fracs[blk])
 
-    def split_tile_rows(blk: int, m0: int, pre: tuple, lo: int, hi: int, slot: int, ws) -> None:
-        """Item: rows lo .. hi of the shared row tile at m0: exponents, digits of every K-chunk, and their sums."""
-        pre_chunks, st = pre
-        geo = geometry(blk)
-        kern.row_exponents(xp, m0 + lo, *geo, st[lo:hi])
-        for (c, _), (xs, a1, r1) in zip(chunks, pre_chunks):
-            kern.split_rows(xp, m0 + lo, *geo, betas[0], c, False, xs[lo:hi], a1[lo:hi], r1[lo:hi], none2, none2,
-                            st[lo:hi], none2)
+    def tile_sample_rows(blk: int, m0: int, pre: tuple, xs_out: list, slot: int, ws) -> None:
+        """Item: the prediction sample's rows of the shared row tile at m0, split once for all its blocks."""
+        sample_rows[m0] = _sample_rows(kern, ws, xp, geometry(blk), betas[0], sample_chunks, m0,
+                                       min(total, m0 + rows_max) - m0, xs_out, pre[1])
+
+    def tile_row_exponents(blk: int, m0: int, pre: tuple, lo: int, hi: int, slot: int, ws) -> None:
+        """Item: the exponents of rows lo .. hi of the shared row tile at m0."""
+        kern.row_exponents(xp, m0 + lo, *geometry(blk), pre[1][lo:hi])
+
+    def split_tile_chunk(group: range, m0: int, pre: tuple, ci: int, slot: int, ws) -> None:
+        """Item: the digits of K-chunk ci of the shared row tile at m0, their sums added to the rows' (in chunk
+        order: each chunk's item waits for the previous one's); none if every block of the group is known to go
+        to level 2."""
+        if all(fracs.get(blk, 0.0) > _REFINE_FRACTION for blk in group):
+            return
+        (xs, a1r1), st = pre[0][ci], pre[1]
+        kern.split_rows(xp, m0, *geometry(group[0]), betas[0], chunks[ci][0], False, xs, *_halves(a1r1), none2, none2,
+                        st, none2)
 
     def level1_chunk(blk: int, m0: int, ci: int, pre: tuple, slot: int, ws) -> None:
         """Item: level 1 of K-chunk ci of a block of the shared row tile, summed into this worker's arrays; the worker
@@ -538,10 +553,11 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
         col_exp: list = [None] * len(blocks)
         col_keys = [("columns", blk) for blk in range(len(blocks))]
         lock = threading.Lock()
+        sample_rows: dict[int, tuple] = {}  # a shared row tile's sample rows (:func:`_sample_rows`), by m0
         if not share:  # column exponents, then the tiles, to whichever worker is free
             graph = _TaskGraph()
             for blk in range(len(blocks)):
-                graph.add(col_keys[blk], functools.partial(columns, blk, None, None))
+                graph.add(col_keys[blk], functools.partial(columns, blk, None))
             for blk, m0 in tiles:  # (after all the exponents: no output is written if a weight is not finite)
                 graph.add(("tile", blk, m0), functools.partial(tile, blk, m0), col_keys)
             graph.run(workers)
@@ -557,27 +573,37 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                 rows = min(total, m0 + rows_max) - m0
                 st = main_ws.array("pre_st", (rows, _NSTATS))
                 st.fill(0.0)
-                pre = ([tuple(main_ws.array(f"pre{i}_{ci}", (rows, c_end - c)) for i in range(3))
+                pre = ([tuple(main_ws.array(f"pre{i}_{ci}", ((1 + i) * rows, c_end - c)) for i in range(2))
                         for ci, (c, c_end) in enumerate(chunks)], st)
-                # Two pieces per worker (the helpers wake up to ≈ 0.6 ms after the call starts; fewer rows: fewer).
-                cuts = sorted({rows * i // (2 * workers) for i in range(2 * workers + 1)})
-                row_keys = [("rows", lo) for lo in cuts[:-1]]
+                # The rows' exponents (a piece per worker), the prediction sample's rows (split once for the
+                # blocks), the blocks' column exponents (in the first tile) and predictions, then each K-chunk's
+                # row digits just before the level 1 of its blocks, so that they are read while in cache (chunk
+                # items in chunk order: the rows' sums).
+                cuts = sorted({rows * i // workers for i in range(workers + 1)})
+                exp_keys = [("rowexp", lo) for lo in cuts[:-1]]
                 for lo, hi in zip(cuts[:-1], cuts[1:]):
-                    graph.add(("rows", lo), functools.partial(split_tile_rows, g0, m0, pre, lo, hi))
+                    graph.add(("rowexp", lo), functools.partial(tile_row_exponents, g0, m0, pre, lo, hi))
+                sample_xs = [main_ws.array(f"sample_xs{i}", (min(rows, _SAMPLE_ROWS), c_end - c))
+                             for i, (c, c_end) in enumerate(sample_chunks)]
+                graph.add(("sample", m0), functools.partial(tile_sample_rows, g0, m0, pre, sample_xs), exp_keys)
                 first = col_exp[0] is None
-                for blk in group:  # (the predictions read the split rows)
-                    graph.add(col_keys[blk], functools.partial(columns if first else predict, blk, m0, pre), row_keys)
+                for blk in group:  # (in the first tile the column exponents are found before waiting for the sample)
+                    graph.add(col_keys[blk], functools.partial(columns if first else predict, blk, m0),
+                              [] if first else [("sample", m0)])
                 for blk in range(len(blocks)) if first else ():  # the other groups' blocks: exponents over all of K
                     if blk not in group:
-                        graph.add(col_keys[blk], functools.partial(columns, blk, None, None))
+                        graph.add(col_keys[blk], functools.partial(columns, blk, None))
                 accs = [{blk: tuple(main_ws.array(f"acc{w}_{blk - g0}_{i}", (_NSTATS if i == 3 else rows, width(blk)))
                                     for i in range(4)) for blk in group} for w in range(workers)]
                 started: list[set[int]] = [set() for _ in range(workers)]
                 remaining = {blk: len(chunks) for blk in group}
-                for ci in range(len(chunks)):
-                    for blk in group:
-                        graph.add(("level1", blk, ci), functools.partial(level1_chunk, blk, m0, ci, pre),
-                                  [col_keys[blk], *row_keys])
+                for ci in range(len(chunks) + 1):
+                    if ci < len(chunks):
+                        graph.add(("rows", ci), functools.partial(split_tile_chunk, group, m0, pre, ci),
+                                  [*exp_keys, *([("rows", ci - 1)] if ci else [])])
+                    for blk in group if ci else ():
+                        graph.add(("level1", blk, ci - 1), functools.partial(level1_chunk, blk, m0, ci - 1, pre),
+                                  [col_keys[blk], ("rows", ci - 1)])
                 graph.run(workers)
                 if graph.stopped:  # (a weight is not finite)
                     return False
@@ -636,10 +662,7 @@ def _gemm_tile(kern, ws, xp, wmat, b, geo, betas, k, all_chunks, m0, rows, eb, s
         decided |= dec2
     kahan = bound2 is not None
     if kahan:  # correctly rounded: half an ulp (a bound that does not depend on BLAS's order)
-        half_ulp = ws.array("half_ulp", vals.shape)
-        np.spacing(np.abs(vals, out=half_ulp), out=half_ulp)
-        half_ulp *= 0.5
-        np.copyto(errb, half_ulp, where=decided)
+        kern.half_ulp_where(vals.reshape(-1), decided.reshape(-1), errb.reshape(-1))
     _finish_pairs(kern, xp, m0, geo, wmat, chunks, s_a, s_b, bias, has_bias, decided, vals, errb, kahan,
                   stats, fallback, cols.start)
     y2[m0 : m0 + rows, cols] = vals
@@ -669,6 +692,10 @@ class _TaskGraph:
 
     def stop(self) -> None:
         self.stopped = True
+
+    def wait(self, key) -> None:
+        """Inside an item: wait for the item ``key``, added before this one (so already taken by a worker)."""
+        self._done[key].wait()
 
     def run(self, workers: int) -> None:
         """Run the items on the calling thread and ``workers - 1`` helper threads (the caller starts at once,
@@ -745,46 +772,51 @@ def _block_bias(b, cols: slice) -> np.ndarray:
     return np.zeros(1) if b is None else np.ascontiguousarray(b[cols])
 
 
+def _sample_rows(kern, ws, xp, geo, beta1, sample_chunks, m0, rows, xs_out=None, st=None):
+    """The prediction sample's rows of the tile at m0 (its middle _SAMPLE_ROWS): scaled, per K-chunk of
+    ``sample_chunks`` (into ``xs_out`` if given, else arrays of the arena ``ws``), and their unfinished statistics,
+    from the rows' exponents and lossy flags ``st`` if known (else found here)."""
+    nr = min(rows, _SAMPLE_ROWS)
+    r0 = (rows - nr) // 2
+    none2 = np.empty((1, 1))
+    s_a = np.zeros((nr, _NSTATS))
+    if st is None:
+        kern.row_exponents(xp, m0 + r0, *geo, s_a)
+    else:
+        s_a[:, 0], s_a[:, 2] = st[r0 : r0 + nr, 0], st[r0 : r0 + nr, 2]
+    xs_chunks = []
+    for i, (c, c_end) in enumerate(sample_chunks):
+        xs = ws.array(f"sample_a{i}", (nr, c_end - c)) if xs_out is None else xs_out[i]
+        a1, r1 = ws.array("sample_d1", xs.shape), ws.array("sample_r1", xs.shape)
+        kern.split_rows(xp, m0 + r0, *geo, beta1, c, False, xs, a1, r1, none2, none2, s_a, none2)
+        xs_chunks.append(xs)
+    return xs_chunks, s_a
+
+
 def _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, rows, eb, b, k, tgamma1,
-             split=None) -> float:
+             sample=None) -> float:
     """The share of a tile's elements level 1 is predicted to leave undecided: Σ min(1, tail bound / half gap) over
     a block of _SAMPLE_ROWS x _SAMPLE_COLS in its middle (:func:`refconv.oracle._kernels.predict_undecided`), with
     the scaled rows times the columns' first digits standing in for p1 (the columns split here, in
-    ``sample_chunks``, multiples of the level-1 K-chunk). The rows are split here too, or taken from ``split`` =
-    (the level-1 K-chunks, the tile's rows split into them with their unfinished statistics). Above
+    ``sample_chunks``; the rows too, or taken from ``sample``, as :func:`_sample_rows` returns them). Above
     _REFINE_FRACTION the tile goes straight to level 2 (saving level 1's tail GEMMs). Small tiles (at most 4 such
     blocks) just try level 1: 0."""
     ncol = cols.stop - cols.start
     if rows * ncol <= 4 * _SAMPLE_ROWS * _SAMPLE_COLS:
         return 0.0
-    nr, nj = min(rows, _SAMPLE_ROWS), min(ncol, _SAMPLE_COLS)
-    r0 = (rows - nr) // 2
+    xs_chunks, s_a = sample or _sample_rows(kern, ws, xp, geo, beta1, sample_chunks, m0, rows)
+    s_a = s_a.copy()
+    nr, nj = s_a.shape[0], min(ncol, _SAMPLE_COLS)
     none2 = np.empty((1, 1))
-    if split is None:
-        s_a = np.zeros((nr, _NSTATS))
-        kern.row_exponents(xp, m0 + r0, *geo, s_a)
-    else:
-        s_a = split[1][1][r0 : r0 + nr].copy()
     src, j0 = (sample_w, 0) if sample_w.shape[1] else (wmat, cols.start)
     s_c = eb[:, :nj].copy()
     p1, tmp = ws.array("sample_p1", (nr, nj)), ws.array("sample_tmp", (nr, nj))
-    summed = False
-    for c, c_end in sample_chunks:
+    for (c, c_end), xs in zip(sample_chunks, xs_chunks):
         a1_b, r1_b = (ws.array(f"sample_b{i}", (c_end - c, nj)) for i in range(2))
         kern.split_cols(src, beta1, c, j0, False, True, a1_b, r1_b, none2, none2, s_c, none2)
-        if split is None:
-            xs, a1, r1 = (ws.array(f"sample_a{i}", (nr, c_end - c)) for i in range(3))
-            kern.split_rows(xp, m0 + r0, *geo, beta1, c, False, xs, a1, r1, none2, none2, s_a, none2)
-            parts = [(xs, a1_b)]
-        else:  # (the level-1 chunks inside this one)
-            level1_chunks, (row_digits, _) = split
-            parts = [(digits[0][r0 : r0 + nr], a1_b[q - c : q_end - c])
-                     for (q, q_end), digits in zip(level1_chunks, row_digits) if c <= q < c_end]
-        for xs, digits_b in parts:
-            np.matmul(xs, digits_b, out=tmp if summed else p1)
-            if summed:
-                p1 += tmp
-            summed = True
+        np.matmul(xs, a1_b, out=tmp if c else p1)
+        if c:
+            p1 += tmp
     s_b = np.ascontiguousarray(s_c.T)
     for st in (s_a, s_b):
         kern.finish_stats(st, k, (1,))
@@ -793,16 +825,17 @@ def _predict(kern, ws, xp, geo, beta1, wmat, cols, sample_w, sample_chunks, m0, 
 
 
 def _level1_chunk(kern, ws, wmat, beta, c, cols, row_digits, acc, s_c, first, ref=None) -> bool:
-    """Level 1 of one K-chunk (from c) of a column block, its rows split (``row_digits`` = xs, a1, r1): the weights'
-    digits (their Σ|r1| into s_c; the squares are bounded afterwards: :func:`_finish_level1_stats`), the GEMMs
-    a1_A·a1_B (exact), xs_A·r1_B and r1_A·a1_B (the tail), added to acc = (p1, p1lo, t) by
-    :func:`refconv.oracle._kernels.accumulate_level1` (``first``: start the sums).
+    """Level 1 of one K-chunk (from c) of a column block, its rows split (``row_digits`` = xs and a1 stacked on r1):
+    the weights' digits (their Σ|r1| into s_c; the squares are bounded afterwards: :func:`_finish_level1_stats`),
+    the GEMMs [a1_A; r1_A]·a1_B (a1_A·a1_B exact, r1_A·a1_B of the tail: one product, so a1_B is read once) and
+    xs_A·r1_B (the tail), added to acc = (p1, p1lo, t) by :func:`refconv.oracle._kernels.accumulate_level1`
+    (``first``: start the sums).
 
     The columns are scaled by their exponents over all of K (in s_c[0]), or with ``ref`` (the columns'
     reference exponents) by the chunk's own (:func:`refconv.oracle._kernels.split_cols_chunk`, whose statistics
     s_c then holds); returns False if the chunk has a value that is not finite (only checked with ``ref``)."""
-    xs_a, a1_a, r1_a = row_digits
-    nr, width = a1_a.shape
+    xs_a, a1r1_a = row_digits
+    nr, width = xs_a.shape
     nj = cols.stop - cols.start
     none2 = np.empty((1, 1))
     a1_b, r1_b = (ws.array(f"b{i}", (width, nj)) for i in range(2))
@@ -812,11 +845,16 @@ def _level1_chunk(kern, ws, wmat, beta, c, cols, row_digits, acc, s_c, first, re
         kern.split_cols(wmat, beta, c, cols.start, False, False, a1_b, r1_b, none2, none2, s_c, none2)
     elif not kern.split_cols_chunk(wmat, beta, c, cols.start, ref, a1_b, r1_b, s_c, rel):
         return False
-    prods = tuple(ws.array(f"prod{i}", (nr, nj)) for i in range(3))
-    for dest, (fa, fb) in zip(prods, [(a1_a, a1_b), (xs_a, r1_b), (r1_a, a1_b)]):
-        np.matmul(fa, fb, out=dest)
-    kern.accumulate_level1(first, *acc, *prods, rel)
+    stacked, tail = ws.array("prod_a1", (2 * nr, nj)), ws.array("prod_r1", (nr, nj))
+    np.matmul(a1r1_a, a1_b, out=stacked)
+    np.matmul(xs_a, r1_b, out=tail)
+    kern.accumulate_level1(first, *acc, stacked[:nr], tail, stacked[nr:], rel)
     return True
+
+
+def _halves(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The top and bottom halves of a: digits stacked so that one GEMM multiplies both by the same factor."""
+    return a[: len(a) // 2], a[len(a) // 2 :]
 
 
 def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, pre=None):
@@ -843,13 +881,15 @@ def _level_pass(kern, ws, xp, geo, beta, wmat, cols, chunks, m0, ea, eb, level, 
         width = c_end - c
         first = c == 0
         if pre is None:
-            va = [ws.array(f"a{i}", (nr, width)) for i in range(5 if two else 3)]
-            xs_a, a1_a, r1_a, a2_a, r2_a = va + [none2] * (5 - len(va))
+            xs_a, a1r1_a = ws.array("a0", (nr, width)), ws.array("a1r1", (2 * nr, width))
+            (a1_a, r1_a), (a2_a, r2_a) = _halves(a1r1_a), (_halves(ws.array("a2r2", (2 * nr, width))) if two
+                                                            else (none2, none2))
             kern.split_rows(xp, m0, *geo, beta, c, two, xs_a, a1_a, r1_a, a2_a, r2_a, s_a, s2_a)
         else:
-            (xs_a, a1_a, r1_a), a2_a, r2_a = pre[0][ci], none2, none2
+            (xs_a, a1r1_a), a2_a, r2_a = pre[0][ci], none2, none2
+            a1_a, r1_a = _halves(a1r1_a)
         if not two:  # p1 exact per chunk only: kept exact as a pair (p1, p1lo)
-            _level1_chunk(kern, ws, wmat, beta, c, cols, (xs_a, a1_a, r1_a), (out[0], p1lo, out[1]), s_c, first)
+            _level1_chunk(kern, ws, wmat, beta, c, cols, (xs_a, a1r1_a), (out[0], p1lo, out[1]), s_c, first)
             continue
         a1_b, r1_b, a2_b, r2_b = (ws.array(f"b{i}", (width, nj)) for i in range(4))
         kern.split_cols(wmat, beta, c, cols.start, True, True, a1_b, r1_b, a2_b, r2_b, s_c, s2_c)
@@ -884,21 +924,28 @@ def _finish_pairs(kern, xp, m0, geo, wmat, chunks, s_a, s_b, bias, has_bias, dec
     state = np.empty((len(ii), 4))
     kern.pairs_start(s_a, s_b, bias, has_bias, ii, jj, state)
     uniq, slot = np.unique(jj, return_inverse=True)
-    for c, c_end in chunks:
-        kern.pairs_chunk(xp, m0, *geo, wmat[c:c_end], c, s_a, s_b, ii, jj, uniq + col0, slot.reshape(-1), state)
+    kern.pairs_chunks(xp, m0, *geo, wmat, chunks[0][1], s_a, s_b, ii, jj, uniq + col0, slot.reshape(-1), state)
     pv, pb, pd = np.empty(len(ii)), np.empty(len(ii)), np.empty(len(ii), dtype=bool)
     kern.pairs_finish(s_a, s_b, k, has_bias, ii, jj, state, pv, pb, pd)
-    vals[ii, jj], errb[ii, jj] = pv, pb
     if kahan:
         # Correctly rounded elements report half an ulp whichever stage certified them, so the bound does not
         # depend on which elements BLAS's rounding left to this stage; the others keep Dot2's value and bound.
-        errb[ii[pd], jj[pd]] = np.spacing(np.abs(pv[pd])) / 2
+        kern.half_ulp_where(pv, pd, pb)
         pd |= np.isfinite(pb)
+    vals[ii, jj], errb[ii, jj] = pv, pb
     oh, ow = geo[0], geo[1]
     for i, j in zip(ii[~pd].tolist(), jj[~pd].tolist()):
         v = fallback(*np.unravel_index(m0 + i, (xp.shape[0], oh, ow)), col0 + j)
-        vals[i, j], errb[i, j] = v, (np.spacing(abs(v)) / 2 if np.isfinite(v) else np.inf)
+        vals[i, j], errb[i, j] = v, max(_half_ulp(kern, v), 2.0**-1074)  # (a fallback's zero may be inexact)
         stats.fallbacks += 1
+
+
+def _half_ulp(kern, v: float) -> float:
+    """The bound of one correctly rounded float64 v (:func:`refconv.oracle._kernels.half_ulp_where`); inf if v is not
+    finite."""
+    out = np.zeros(1)
+    kern.half_ulp_where(np.array([v]), np.ones(1, dtype=bool), out)
+    return float(out[0])
 
 
 def _apply_nonfinite(

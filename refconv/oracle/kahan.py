@@ -6,7 +6,7 @@ Two paths, chosen from the shape like the exact method's (:func:`refconv.oracle.
   NaN or ±inf): Numba Dot2, described below.
 * **gemm** (ordinary convs): the exact method's error-free splitting onto BLAS
   (:mod:`refconv.oracle.exact`): elements its certified levels decide are correctly
-  rounded (bound: half an ulp); the others
+  rounded (bound: half an ulp, at least 2^-1074 if nonzero); the others
   get the per-element Dot2 value and bound, where the exact method would go on to
   exact integer arithmetic. Every element is therefore at least as accurate as
   Dot2's result, and the output is bitwise reproducible (BLAS results enter only

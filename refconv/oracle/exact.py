@@ -573,7 +573,10 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                 rows = min(total, m0 + rows_max) - m0
                 st = main_ws.array("pre_st", (rows, _NSTATS))
                 st.fill(0.0)
-                pre = ([tuple(main_ws.array(f"pre{i}_{ci}", ((1 + i) * rows, c_end - c)) for i in range(2))
+                # The row digits of a K-chunk live in one of `ring` buffers, reused once that chunk's level 1 is
+                # done: the same few MiB each chunk and call, in cache, not 3·8·K bytes a row.
+                ring = min(len(chunks), 2 + -(-workers // len(group)))
+                pre = ([tuple(main_ws.array(f"pre{i}_{ci % ring}", ((1 + i) * rows, c_end - c)) for i in range(2))
                         for ci, (c, c_end) in enumerate(chunks)], st)
                 # The rows' exponents (a piece per worker), the prediction sample's rows (split once for the
                 # blocks), the blocks' column exponents (in the first tile) and predictions, then each K-chunk's
@@ -600,7 +603,8 @@ def _gemm_exact(xp, w, b, spec, workspace_bytes, y, stats, bound=None, workers=1
                 for ci in range(len(chunks) + 1):
                     if ci < len(chunks):
                         graph.add(("rows", ci), functools.partial(split_tile_chunk, group, m0, pre, ci),
-                                  [*exp_keys, *([("rows", ci - 1)] if ci else [])])
+                                  [*exp_keys, *([("rows", ci - 1)] if ci else []),
+                                   *([("level1", blk, ci - ring) for blk in group] if ci >= ring else [])])
                     for blk in group if ci else ():
                         graph.add(("level1", blk, ci - 1), functools.partial(level1_chunk, blk, m0, ci - 1, pre),
                                   [col_keys[blk], ("rows", ci - 1)])

@@ -457,15 +457,16 @@ def fit_either_bias_order(
     (jax, cuDNN in bfloat16): a bias below half an output ulp then vanishes, which is rounding, not a missing
     bias. Returns the closer of the two (fewer violations, then smaller energy), or the one ``after`` names.
     """
-    before = None if after else fit_model(y, e, exact_emulation, mag, bias, n, model, out_fmt)
-    if bias is None or after is False or FORMATS[out_fmt].precision >= FORMATS[model.accumulation].precision:
-        return before if before is not None else fit_model(y, e, exact_emulation, mag, bias, n, model, out_fmt)
-    post = fit_model(y, _bias_after_rounding(e, _model_bias(bias, model), out_fmt), exact_emulation, mag, bias, n,
-                     model, out_fmt)
-    post.bias_after_rounding = True
-    if before is None or (post.n_violations, post.energy) < (before.n_violations, before.energy):
-        return post
-    return before
+    can_follow = bias is not None and FORMATS[out_fmt].precision < FORMATS[model.accumulation].precision
+    fits = []
+    if not (after and can_follow):
+        fits.append(fit_model(y, e, exact_emulation, mag, bias, n, model, out_fmt))
+    if can_follow and after is not False:
+        post = fit_model(y, _bias_after_rounding(e, _model_bias(bias, model), out_fmt), exact_emulation, mag, bias,
+                         n, model, out_fmt)
+        post.bias_after_rounding = True
+        fits.append(post)
+    return min(fits, key=lambda f: (f.n_violations, f.energy))  # (a tie keeps the bias before the rounding)
 
 
 def projection(r: np.ndarray, d: np.ndarray, sigma: np.ndarray) -> tuple[float, float]:

@@ -19,6 +19,7 @@ from test_oracle_reference import (
 
 import refconv
 from refconv.oracle._im2col import float_conv_nhwc
+from refconv.oracle.exact import conv2d_exact_nhwc
 from refconv.oracle.kahan import conv2d_kahan_nhwc
 from refconv.spec import ConvSpec
 
@@ -82,6 +83,28 @@ def test_kahan_bound_covers_rounding_just_above_the_smallest_normal():
             assert err <= Fraction(float(bound[j])), (path, j, float(y[j]), float(bound[j]))
         tiny = (np.abs(y) >= 2.0**-1022) & (np.abs(y) < 2.0**-1021)
         assert tiny.any() and np.all(bound[tiny] > 0), path
+
+
+def test_gemm_path_with_a_prediction_sample_below_2_to_the_minus_1020():
+    """A huge channel (2^1000) sets the rows' scale, so the other channels' products scale to about 2^-1036: the
+    level prediction's half gap of such a value underflows to 0. That divided by zero and raised ZeroDivisionError
+    from both GEMM-path methods (found by a randomized run); they must instead give the exact conv."""
+    x = np.full((1, 8, 8, 16), 2.0**-40)
+    x[..., 0] = 2.0**1000
+    w = np.random.default_rng(3).random((1, 1, 16, 256))
+    w[:, :, 0, :] = 0.0  # (the huge channel meets zero weights: every output is of the small channels' size)
+    b = np.linspace(-1.0, 1.0, 256)
+    spec = ConvSpec.from_shapes(x.shape, w.shape)
+    y, stats = conv2d_exact_nhwc(x, w, b, spec)
+    assert stats.path == "gemm"
+    assert_bitwise_equal(y, conv2d_exact_nhwc(x, w, b, spec, path="direct")[0], "the GEMM path against the direct path")
+    assert_bitwise_equal(refconv.conv2d(x, w, b), y, "the public API")
+    yk, bound = conv2d_kahan_nhwc(x, w, b, spec, path="gemm")
+    for i, j, o in [(0, 0, 0), (3, 5, 17), (7, 7, 255), (4, 2, 128)]:
+        q = Fraction(float(b[o])) + sum(Fraction(float(x[0, i, j, c])) * Fraction(float(w[0, 0, c, o]))
+                                        for c in range(16))
+        assert float(y[0, i, j, o]) == float(q)  # (float() of a Fraction rounds correctly)
+        assert abs(Fraction(float(yk[0, i, j, o])) - q) <= Fraction(float(bound[0, i, j, o]))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -929,10 +929,11 @@ def predict_undecided(p1, sa, sb, bias, has_bias, k, t_gamma):
             v = p1[i, j]
             if has_bias:  # a prediction only: extreme exponents (factor 0) just drop the bias
                 v += bias[j] * pai * pbi[j]
-            if v == 0.0 or not math.isfinite(v):
+            half = abs(v) * 2.0**-54  # ≈ the half gap at v (a prediction); 0 where v is below 2^-1020 (and for v = 0)
+            if half == 0.0 or not math.isfinite(v):
                 acc += 1.0 if mag > 0.0 else 0.0
                 continue
-            acc += min(1.0, t_gamma * mag / (abs(v) * 2.0**-54))  # ≈ the half gap at v (a prediction)
+            acc += min(1.0, t_gamma * mag / half)
         tot[i] = acc
     return tot.sum()
 

@@ -223,6 +223,20 @@ def test_fast_point_evaluator_equals_mpmath_evaluator(family, dps):
             assert [v._mpf_ for v in fast] == [v._mpf_ for v in slow], f"{family} geometry[{gi}] at dps={dps}"
 
 
+def test_fast_point_sum_rejects_overflowing_products_without_warnings():
+    """A product that overflows in the fast TwoProduct sends the point to the exact evaluator: no RuntimeWarning (the
+    exact fallback runs on worker threads, where a caller's np.errstate does not reach)."""
+    import warnings
+
+    from refconv.oracle._fastpoints import exact_point_sum
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert exact_point_sum(np.array([2.0**600, 1.0]), np.array([2.0**600, 1.0]), 0.0) is None
+        n, q = exact_point_sum(np.array([2.0**500, 3.0]), np.array([2.0**-500, 0.5]), 0.25)
+    assert n * 2.0**q == 2.75
+
+
 def test_depthwise_kernel_equals_general_kernel_bitwise():
     from refconv.oracle._kernels import kernels
 

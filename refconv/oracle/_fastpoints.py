@@ -53,7 +53,8 @@ def exact_point_sum(a: np.ndarray, wcol: np.ndarray, bias: float) -> tuple[int, 
     a, wcol = a[nz], wcol[nz]
     if not (np.all(np.abs(a) < _BIG) and np.all(np.abs(wcol) < _BIG)):
         return None
-    h, e = _two_product(a, wcol)
+    with np.errstate(over="ignore", invalid="ignore"):  # (an overflowing product is rejected just below)
+        h, e = _two_product(a, wcol)
     ah = np.abs(h)
     if not (np.all(ah >= _SMALL) and np.all(ah < 2.0**1000)):  # also rejects inf and NaN
         return None

@@ -130,17 +130,24 @@ def conv2d_exact_nhwc(
     >>> float(y[0, 0, 0, 0]), stats.elements
     (1.5, 1)
     """
-    path = path or choose_path(spec)
+    return with_nonfinite_semantics(_finite_exact, x, w, b, spec, workspace_bytes, path or choose_path(spec))
+
+
+def with_nonfinite_semantics(finite_conv, x, w, b, spec, workspace_bytes, path):
+    """``finite_conv(x, w, b, spec, workspace_bytes, path)`` (a tuple whose first item is y; None if the GEMM path
+    finds a weight that is not finite) with exact-arithmetic semantics for NaN and ±inf: the conv of the inputs
+    with their non-finite values set to 0, whose outputs with a non-finite term are then overwritten
+    (:func:`_apply_nonfinite`: padding taps are absent terms, so an infinite weight on padding changes nothing)."""
     if path == "gemm" and all_finite(x) and all_finite(b):  # the GEMM path checks the weights on its way
-        done = _finite_exact(x, w, b, spec, workspace_bytes, path)
+        done = finite_conv(x, w, b, spec, workspace_bytes, path)
         if done is not None:
             return done
     finite = [all_finite(a) for a in (x, w, b)]
     xf, wf, bf = (a if ok or a is None else np.where(np.isfinite(a), a, 0.0) for a, ok in zip((x, w, b), finite))
-    y, stats = _finite_exact(xf, wf, bf, spec, workspace_bytes, path)
+    done = finite_conv(xf, wf, bf, spec, workspace_bytes, path)
     if not all(finite):
-        _apply_nonfinite(y, x, w, b, spec, workspace_bytes)
-    return y, stats
+        _apply_nonfinite(done[0], x, w, b, spec, workspace_bytes)
+    return done
 
 
 def choose_path(spec: ConvSpec) -> str:

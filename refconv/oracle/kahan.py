@@ -2,8 +2,9 @@
 
 Two paths, chosen from the shape like the exact method's (:func:`refconv.oracle.exact.choose_path`):
 
-* **direct** (depthwise, few output channels per group, short sums, and any input with
-  NaN or ±inf): Numba Dot2, described below.
+* **direct** (depthwise, few output channels per group, short sums): Numba Dot2, described below;
+  where a product or partial sum of finite terms leaves the float64 range (Dot2 then gives ±inf or NaN), the
+  exact sum rounded once instead (as the GEMM path's scaling gives it).
 * **gemm** (ordinary convs): the exact method's error-free splitting onto BLAS
   (:mod:`refconv.oracle.exact`): elements its certified levels decide are correctly
   rounded (bound: half an ulp, at least 2^-1074 if nonzero); the others
@@ -11,6 +12,11 @@ Two paths, chosen from the shape like the exact method's (:func:`refconv.oracle.
   exact integer arithmetic. Every element is therefore at least as accurate as
   Dot2's result, and the output is bitwise reproducible (BLAS results enter only
   through certified roundings, whatever BLAS's summation order).
+
+NaN and ±inf follow the exact method's semantics (:func:`refconv.oracle.exact.with_nonfinite_semantics`): the
+finite conv of the inputs with those values set to 0, then every output with a non-finite term set to NaN or
+±inf, as exact arithmetic gives it (padding taps are absent terms: an infinite weight on padding changes
+nothing). Non-finite outputs get an infinite bound.
 
 **Dot2**:
 
@@ -33,10 +39,12 @@ accumulator load, summation in tap order for every thread count).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..spec import ConvSpec
-from ._im2col import DEFAULT_WORKSPACE_BYTES, all_finite, padded_input
+from ._im2col import DEFAULT_WORKSPACE_BYTES, padded_input
 from .exact import ExactStats
 
 
@@ -63,21 +71,28 @@ def conv2d_kahan_nhwc(
     >>> float(y[0, 0, 0, 0]), bool(bound[0, 0, 0, 0] < 1e-12)
     (1.0, True)
     """
-    from ._kernels import kernels
-    from .exact import choose_path, gemm_conv
+    from .exact import choose_path, with_nonfinite_semantics
 
-    kern = kernels()
+    stats = ExactStats() if stats is None else stats
+    y, bound = with_nonfinite_semantics(functools.partial(_finite_kahan, stats=stats), x, w, b, spec, workspace_bytes,
+                                        path or choose_path(spec))
+    bound[~np.isfinite(y)] = np.inf
+    return y, bound
+
+
+def _finite_kahan(x, w, b, spec, workspace_bytes, path, stats) -> tuple[np.ndarray, np.ndarray] | None:
+    """(y, bound) of finite x and b by ``path``; None if the GEMM path finds a weight that is not finite."""
+    from ._kernels import kernels
+    from .exact import gemm_conv
+
     oh, ow = spec.out_hw
     y = np.empty((spec.N, oh, ow, spec.O))
     bound = np.empty_like(y)
     wc = np.ascontiguousarray(w)
-    stats = ExactStats() if stats is None else stats
-    stats.elements = y.size
-    stats.path = "gemm" if (path or choose_path(spec)) == "gemm" and all_finite(x) and all_finite(b) else "direct"
+    stats.elements, stats.path = y.size, path
     with padded_input(x, spec) as xp:
-        if stats.path == "gemm" and gemm_conv(xp, wc, b, spec, workspace_bytes, y, stats, bound):
-            return y, bound  # (False: a weight is not finite; those go the direct way)
-        stats.path = "direct"
+        if path == "gemm":
+            return (y, bound) if gemm_conv(xp, wc, b, spec, workspace_bytes, y, stats, bound) else None
         bias = np.zeros(spec.O) if b is None else np.ascontiguousarray(b, dtype=np.float64)
         step = max(1, workspace_bytes // max(1, 8 * oh * ow * spec.O))
         for n0 in range(0, spec.N, step):
@@ -85,8 +100,24 @@ def conv2d_kahan_nhwc(
             lo = np.empty((n1 - n0, oh, ow, spec.O))
             yb, bb = y[n0:n1], bound[n0:n1]
             args = (*spec.stride, *spec.dilation, spec.groups, oh, ow)
-            kern.dot2_conv(xp[n0:n1], wc, bias, b is not None, *args, yb, lo, bb)
+            kernels().dot2_conv(xp[n0:n1], wc, bias, b is not None, *args, yb, lo, bb)
             bb += np.abs(lo)
             bb *= 1 + 2.0**-51
-    bound[~np.isfinite(y)] = np.inf
+    _exact_where_overflowed(x, wc, b, spec, y, bound)
     return y, bound
+
+
+def _exact_where_overflowed(x, w, b, spec, y, bound) -> None:
+    """Outputs of finite inputs that Dot2 left non-finite (a product or partial sum beyond the float64 range, which
+    the GEMM path's scaling avoids): the exact sum rounded once instead, with half an ulp (at least 2^-1074: a
+    rounded zero may be inexact) as bound; ±inf and an infinite bound only where the exact sum overflows."""
+    bad = ~np.isfinite(y)
+    if not bad.any():
+        return
+    from ._fastpoints import output_points_nhwc
+    from ._kernels import kernels
+
+    vals = np.array(output_points_nhwc(x, w, b, spec, np.argwhere(bad), None), dtype=np.float64)
+    half = np.empty_like(vals)
+    kernels().half_ulp_where(vals, np.ones(vals.shape, dtype=bool), half)
+    y[bad], bound[bad] = vals, np.maximum(half, 2.0**-1074)

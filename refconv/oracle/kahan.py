@@ -39,12 +39,10 @@ accumulator load, summation in tap order for every thread count).
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from ..spec import ConvSpec
-from ._im2col import DEFAULT_WORKSPACE_BYTES, padded_input
+from ._im2col import DEFAULT_WORKSPACE_BYTES, all_finite, padded_input
 from .exact import ExactStats
 
 
@@ -74,14 +72,29 @@ def conv2d_kahan_nhwc(
     from .exact import choose_path, with_nonfinite_semantics
 
     stats = ExactStats() if stats is None else stats
-    y, bound = with_nonfinite_semantics(functools.partial(_finite_kahan, stats=stats), x, w, b, spec, workspace_bytes,
-                                        path or choose_path(spec))
-    bound[~np.isfinite(y)] = np.inf
-    return y, bound
+    path = path or choose_path(spec)
+
+    def finite_conv(xf, wf, bf, spec, workspace_bytes, path):  # (of finite inputs, or None: see _finite_kahan)
+        done = _finite_kahan(xf, wf, bf, spec, workspace_bytes, path, stats)
+        if done is not None and not all_finite(done[0]):
+            _exact_where_nonfinite(xf, wf, bf, spec, *done)
+        return done
+
+    done = None
+    if path == "direct" or (all_finite(x) and all_finite(b)):  # (the GEMM path checks the weights on its way)
+        done = _finite_kahan(x, w, b, spec, workspace_bytes, path, stats)
+    if done is None or not all_finite(done[0]):  # (rare: NaN or ±inf in the inputs, or sums beyond the range)
+        if done is not None and all(all_finite(a) for a in (x, w, b)):
+            _exact_where_nonfinite(x, w, b, spec, *done)
+        else:
+            done = with_nonfinite_semantics(finite_conv, x, w, b, spec, workspace_bytes, path)
+        done[1][~np.isfinite(done[0])] = np.inf
+    return done
 
 
 def _finite_kahan(x, w, b, spec, workspace_bytes, path, stats) -> tuple[np.ndarray, np.ndarray] | None:
-    """(y, bound) of finite x and b by ``path``; None if the GEMM path finds a weight that is not finite."""
+    """(y, bound) by ``path``: Dot2 (direct), or the GEMM path, which needs finite x and b and returns None if it
+    finds a weight that is not finite."""
     from ._kernels import kernels
     from .exact import gemm_conv
 
@@ -103,20 +116,17 @@ def _finite_kahan(x, w, b, spec, workspace_bytes, path, stats) -> tuple[np.ndarr
             kernels().dot2_conv(xp[n0:n1], wc, bias, b is not None, *args, yb, lo, bb)
             bb += np.abs(lo)
             bb *= 1 + 2.0**-51
-    _exact_where_overflowed(x, wc, b, spec, y, bound)
     return y, bound
 
 
-def _exact_where_overflowed(x, w, b, spec, y, bound) -> None:
-    """Outputs of finite inputs that Dot2 left non-finite (a product or partial sum beyond the float64 range, which
-    the GEMM path's scaling avoids): the exact sum rounded once instead, with half an ulp (at least 2^-1074: a
-    rounded zero may be inexact) as bound; ±inf and an infinite bound only where the exact sum overflows."""
-    bad = ~np.isfinite(y)
-    if not bad.any():
-        return
+def _exact_where_nonfinite(x, w, b, spec, y, bound) -> None:
+    """Outputs of finite inputs left non-finite (by Dot2: a product or partial sum beyond the float64 range, which
+    the GEMM path's scaling avoids; or a sum that is itself beyond it): the exact sum rounded once, with half an
+    ulp (at least 2^-1074: a rounded zero may be inexact) as bound; ±inf, bound inf, where the exact sum overflows."""
     from ._fastpoints import output_points_nhwc
     from ._kernels import kernels
 
+    bad = ~np.isfinite(y)
     vals = np.array(output_points_nhwc(x, w, b, spec, np.argwhere(bad), None), dtype=np.float64)
     half = np.empty_like(vals)
     kernels().half_ulp_where(vals, np.ones(vals.shape, dtype=bool), half)

@@ -947,16 +947,18 @@ def _finish_pairs(kern, xp, m0, geo, wmat, chunks, s_a, s_b, bias, has_bias, dec
     oh, ow = geo[0], geo[1]
     for i, j in zip(ii[~pd].tolist(), jj[~pd].tolist()):
         v = fallback(*np.unravel_index(m0 + i, (xp.shape[0], oh, ow)), col0 + j)
-        vals[i, j], errb[i, j] = v, max(_half_ulp(kern, v), 2.0**-1074)  # (a fallback's zero may be inexact)
+        vals[i, j], errb[i, j] = v, rounding_bound(np.array([v]))[0]
         stats.fallbacks += 1
 
 
-def _half_ulp(kern, v: float) -> float:
-    """The bound of one correctly rounded float64 v (:func:`refconv.oracle._kernels.half_ulp_where`); inf if v is not
-    finite."""
-    out = np.zeros(1)
-    kern.half_ulp_where(np.array([v]), np.ones(1, dtype=bool), out)
-    return float(out[0])
+def rounding_bound(v: np.ndarray) -> np.ndarray:
+    """The error bound of float64 values v, each the exact sum rounded once, as the fallbacks give them: half an
+    ulp, at least 2^-1074 (a rounded zero may be inexact); inf where v is not finite."""
+    from ._kernels import kernels
+
+    half = np.empty_like(v)
+    kernels().half_ulp_where(v, np.ones(v.shape, dtype=bool), half)
+    return np.maximum(half, 2.0**-1074)
 
 
 def _apply_nonfinite(

@@ -74,22 +74,21 @@ def conv2d_kahan_nhwc(
     stats = ExactStats() if stats is None else stats
     path = path or choose_path(spec)
 
+    if path == "direct" or (all_finite(x) and all_finite(b)):  # (the GEMM path checks the weights on its way)
+        done = _finite_kahan(x, w, b, spec, workspace_bytes, path, stats)
+        if done is not None and all_finite(done[0]):
+            return done
+
     def finite_conv(xf, wf, bf, spec, workspace_bytes, path):  # (of finite inputs, or None: see _finite_kahan)
         done = _finite_kahan(xf, wf, bf, spec, workspace_bytes, path, stats)
         if done is not None and not all_finite(done[0]):
             _exact_where_nonfinite(xf, wf, bf, spec, *done)
         return done
 
-    done = None
-    if path == "direct" or (all_finite(x) and all_finite(b)):  # (the GEMM path checks the weights on its way)
-        done = _finite_kahan(x, w, b, spec, workspace_bytes, path, stats)
-    if done is None or not all_finite(done[0]):  # (rare: NaN or ±inf in the inputs, or sums beyond the range)
-        if done is not None and all(all_finite(a) for a in (x, w, b)):
-            _exact_where_nonfinite(x, w, b, spec, *done)
-        else:
-            done = with_nonfinite_semantics(finite_conv, x, w, b, spec, workspace_bytes, path)
-        done[1][~np.isfinite(done[0])] = np.inf
-    return done
+    # Rare: NaN or ±inf in the inputs, or outputs beyond the float64 range (computed again, with their semantics).
+    y, bound = with_nonfinite_semantics(finite_conv, x, w, b, spec, workspace_bytes, path)
+    bound[~np.isfinite(y)] = np.inf
+    return y, bound
 
 
 def _finite_kahan(x, w, b, spec, workspace_bytes, path, stats) -> tuple[np.ndarray, np.ndarray] | None:
@@ -124,10 +123,8 @@ def _exact_where_nonfinite(x, w, b, spec, y, bound) -> None:
     the GEMM path's scaling avoids; or a sum that is itself beyond it): the exact sum rounded once, with half an
     ulp (at least 2^-1074: a rounded zero may be inexact) as bound; ±inf, bound inf, where the exact sum overflows."""
     from ._fastpoints import output_points_nhwc
-    from ._kernels import kernels
+    from .exact import rounding_bound
 
     bad = ~np.isfinite(y)
     vals = np.array(output_points_nhwc(x, w, b, spec, np.argwhere(bad), None), dtype=np.float64)
-    half = np.empty_like(vals)
-    kernels().half_ulp_where(vals, np.ones(vals.shape, dtype=bool), half)
-    y[bad], bound[bad] = vals, np.maximum(half, 2.0**-1074)
+    y[bad], bound[bad] = vals, rounding_bound(vals)

@@ -9,7 +9,10 @@ Each time is the best of ``--repeat`` rounds after a warm-up (Numba compiles on 
 warm-up); the rounds interleave the columns, so a busy machine penalizes them
 alike, with a 0.3 s pause before each timing so that the spin-waiting thread pool
 of the library timed just before (OpenMP, OpenBLAS) does not steal the cores.
-Ratios are against torch float64 on the same machine in the same run.
+Ratios are against torch float64 on the same machine in the same run. A second table
+gives the per-round ratios (each call over torch's call in the same round, seconds
+apart, so that a shared host's slow and fast phases cancel): their median and a
+distribution-free 95 % confidence interval of it (use ``--repeat 30`` or more).
 "mpmath / position" is the exact mpmath evaluator behind ``method="mpmath"``
 (``refconv.oracle.mp``) per output position; "conv2d_points / position" is the
 public point API, which uses ``refconv.oracle._fastpoints`` (same exact results,
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -52,11 +56,12 @@ SHAPES = {
 MP_POSITIONS = {"seed": 8, "resnet": 32, "depthwise": 256, "pointwise1024": 16, "largeK": 2}
 
 
-def best_times(fns: dict[str, Callable[[], object]], repeat: int, once: set[str]) -> dict[str, float]:
-    """Best wall time of each function over interleaved rounds (one warm-up call each first)."""
+def round_times(fns: dict[str, Callable[[], object]], repeat: int, once: set[str]) -> dict[str, list[float]]:
+    """Wall time of each function in each of ``repeat`` interleaved rounds (one warm-up call each first; the
+    columns in ``once`` are timed in the first round only)."""
     for fn in fns.values():
         fn()
-    best = {name: float("inf") for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(repeat):
         for name, fn in fns.items():
             if r and name in once:
@@ -64,8 +69,25 @@ def best_times(fns: dict[str, Callable[[], object]], repeat: int, once: set[str]
             time.sleep(0.3)  # let the previous library's spinning thread pool (OpenMP, OpenBLAS) go idle
             t0 = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(median, low, high): the sample median and a distribution-free confidence interval for the median, the
+    order statistics x_(l) and x_(n+1-l) with the largest l such that P(Binomial(n, 1/2) < l) ≤ (1 - level) / 2
+    (the whole range if n is too small for the level).
+
+    >>> median_ci([float(v) for v in range(1, 21)])
+    (10.5, 6.0, 15.0)
+    """
+    v = sorted(values)
+    n = len(v)
+    tail, l = 0.0, 0
+    while l < n // 2 and tail + math.comb(n, l) / 2**n <= (1 - level) / 2:
+        tail += math.comb(n, l) / 2**n
+        l += 1
+    return float(np.median(v)), v[max(l, 1) - 1], v[n - max(l, 1)]
 
 
 def framework_fns(x: np.ndarray, w: np.ndarray, b: np.ndarray, geometry: dict) -> dict[str, Callable[[], object]]:
@@ -144,7 +166,12 @@ def bench_shape(name: str, repeat: int, skip: set[str], data: str = "uniform") -
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     for method in ("exact", "kahan"):
         fns[method] = lambda m=method: refconv.conv2d_with_info(x, w, b, method=m, **geometry)
-    row.update(best_times(fns, repeat, once={"onnx.ref"}))
+    times = round_times(fns, repeat, once={"onnx.ref"})
+    row.update({name: min(t) for name, t in times.items()})
+    if "torch" in times:  # each call against torch's in the same round (adjacent calls: the host's phase cancels)
+        row["paired"] = {name: median_ci([a / b for a, b in zip(t, times["torch"])])
+                         for name, t in times.items() if name != "torch" and len(t) == len(times["torch"])}
+    row["rounds"], row["round_times"] = len(times["kahan"]), times
     info = refconv.conv2d_with_info(x, w, b, **geometry)
     row["fallbacks"] = info.fallbacks
     row["level2_tiles"] = info.stats.get("refined_tiles", 0)
@@ -196,6 +223,17 @@ def fmt_table(rows: list[dict]) -> str:
         cells.append(f"{r['peak_mib']:.0f} ({r['io_mib']:.0f})")
         cells.append(f"{r.get('level2_tiles', '-')} / {r.get('pair_checks', '-')} / {r['fallbacks']}")
         lines.append("| " + " | ".join(cells) + " |")
+    paired = [r for r in rows if r.get("paired")]
+    if paired:
+        lines += ["", "Per-round ratios to torch f64 (each call over torch's call in the same round): median "
+                  "[95 % confidence interval of the median]", "",
+                  "| shape | rounds | TF f64 | jax f64 | exact | kahan |", "|" + "---|" * 6]
+        for r in paired:
+            cells = [r["shape"], str(r["rounds"])]
+            for c in ("tf", "jax", "exact", "kahan"):
+                m = r["paired"].get(c)
+                cells.append(f"{m[0]:.2f}× [{m[1]:.2f}, {m[2]:.2f}]" if m else "-")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -570,7 +570,8 @@ def fit_precisions(
     fitting = [f for f in fits if f.fits]
     ruled, tests = (set(), {})
     if len(fitting) > 1:
-        ruled, tests = _rule_out(fitting, ys, mag_s, n, out_fmt)
+        with np.errstate(invalid="ignore", over="ignore"):  # (inf - inf where outputs overflow: NaN, skipped)
+            ruled, tests = _rule_out(fitting, ys, mag_s, n, out_fmt)
     alive = [f for f in fitting if f.model.name not in ruled]
     if fitting and not alive:  # contradictory pairwise tests: keep the closest model
         alive = [min(fitting, key=lambda f: f.energy)]
@@ -718,11 +719,12 @@ def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
     exact_s = sample.take(prob.exact)
     hits = []
     for h in _comparable(prob, y):
-        e, _ = prob.screen(h, sample)
-        d = e - exact_s
-        if not np.any(d[np.isfinite(d)]):
-            continue
-        beta, se = projection(ys - e_best, d, sigma)
+        e, mag_h = prob.screen(h, sample)
+        with np.errstate(invalid="ignore", over="ignore"):  # (inf - inf where outputs overflow: NaN, skipped)
+            d = _beyond_screen_noise(e - exact_s, e, exact_s, mag_h, h.spec.n_terms + h.spec.has_bias)
+            if not np.any(d[np.isfinite(d)]):
+                continue
+            beta, se = projection(ys - e_best, d, sigma)
         if math.isfinite(beta) and beta > _Z * se and abs(1 - beta) < _EFFECT:
             hits.append((abs(1 - beta), h))
     hits.sort(key=lambda t: t[0])
@@ -735,6 +737,24 @@ def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
 
 # ---------------------------------------------------------------------------------------------
 # Public entry point
+
+
+def _beyond_screen_noise(d: np.ndarray, e: np.ndarray, exact: np.ndarray, mag: np.ndarray, n: int) -> np.ndarray:
+    """d = e - exact with the entries that the float64 screen e's own rounding could explain set to 0.
+
+    e is a float64 GEMM of n terms (|e - conv| ≤ γ_n·Σ|x·w| + |b|, Higham 2002 eq. 3.5) and ``exact`` is correctly
+    rounded, so |d| ≤ γ_n·mag + ulp says nothing about the hypothesis. A hypothesis that leaves the conv unchanged
+    (a pad no window reads, a dilation along a kernel axis of size 1) differs from the oracle only by that rounding,
+    and a float64 framework that sums in the screen's order rounds the same way: regressed on such a d, its residual
+    would "match" the hypothesis.
+
+    >>> import numpy as np
+    >>> _beyond_screen_noise(np.array([1e-16, 1e-3]), np.ones(2), np.ones(2), np.ones(2), 4).tolist()
+    [0.0, 0.001]
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        noise = _gamma(n, _U64) * mag + ulp(np.maximum(np.abs(e), np.abs(exact)), "float64")
+        return np.where((np.abs(d) > noise) | ~np.isfinite(d), d, 0.0)
 
 
 def _requested_and_output(y: Any, dtype: str | None, run: Any) -> tuple[str, str, np.ndarray]:
@@ -888,12 +908,12 @@ def attribute(
                 precision, verdict, detail = None, "unexplained", _outlier_detail(outliers, fit, yc, spec, cspec)
     else:
         hres = _hypotheses_when_nothing_fits(prob, yc, seen, out_fmt)
-        if hres is None and shape_ok and out_fmt == "float16":
+        if hres is None and shape_ok and out_fmt in ("float16", "bfloat16"):
+            # accumulation in a 16-bit format (TensorFlow's CPU depthwise conv in bfloat16): extra["accumulation"]
             fb = fit_precisions(prob, seen, cspec, yc, out_fmt, fallback=True)
             if fb.survivors:
                 pfit = fb
                 precision, verdict = choose_precision(requested, _by_output(fb, out_fmt))
-                extra["accumulation"] = "float16"
     if hres is not None:
         mismatch, detail, verdict = hres.hypothesis.kind, hres.hypothesis.detail, "mismatch"
         hp, _ = choose_precision(requested, _by_output(hres.fit, out_fmt))

@@ -40,8 +40,8 @@ class PrecisionModel:
     """One arithmetic hypothesis for a run (see the module docstring).
 
     ``fallback`` models are only tried when nothing else, semantic hypotheses
-    included, explains the output (float16 accumulation has a bound so loose
-    that it would swallow real mistakes).
+    included, explains the output (float16 or bfloat16 accumulation has a bound so
+    loose that it would swallow real mistakes).
 
     >>> PRECISION_MODELS["bfloat16"].accumulation
     'float32'
@@ -113,6 +113,10 @@ for _m in (
     PrecisionModel(
         "float16_acc16", "float16", "float16", "nearest", "float16", "float16",
         "float16 inputs and float16 accumulation", fallback=True,
+    ),
+    PrecisionModel(  # (TensorFlow's CPU depthwise conv in bfloat16)
+        "bfloat16_acc16", "bfloat16", "bfloat16", "nearest", "bfloat16", "bfloat16",
+        "bfloat16 inputs and bfloat16 accumulation", fallback=True,
     ),
 ):
     register_model(_m)

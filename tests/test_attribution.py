@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -170,6 +171,18 @@ def test_nonfinite_output_is_unexplained_and_located():
     a = attribute(y, x, w, b)
     assert (a.precision, a.mismatch, a.verdict) == (None, "unexplained", "unexplained"), a.mismatch_detail
     assert "(0, 2, 3, 1)" in a.mismatch_detail, a.mismatch_detail
+
+
+def test_outputs_where_the_bound_is_zero_give_infinite_ratios_without_warnings():
+    """Nonzero outputs where every input is zero: bound ratios of inf, whose percentiles interpolate between a finite
+    value and inf (numpy warned of inf - inf and returned NaN)."""
+    x, w = np.zeros((1, 4, 4, 2)), np.ones((3, 3, 2, 2))
+    y = np.array([1e-30, 0.0] * 4).reshape(1, 2, 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        a = attribute(y, x, w, dtype="float32")
+    assert a.max_bound_ratio == np.inf and a.median_bound_ratio == np.inf and a.p99_bound_ratio == np.inf
+    assert a.median_abs_error == 5e-31 and a.verdict != "ok"
 
 
 def test_usage_errors():

@@ -1044,8 +1044,12 @@ def _assemble(*, label, requested, out_fmt, precision, candidates, mismatch, det
             cond = mag[nz] / np.abs(exact[nz])
         fa = aerr[fin]
 
-        def q(a, p):
-            return float(np.percentile(a, p)) if a.size else nan
+        def q(a, p):  # (between a finite value and inf, linear interpolation meets inf - inf: the percentile is inf)
+            if not a.size:
+                return nan
+            with np.errstate(invalid="ignore"):
+                v = float(np.percentile(a, p))
+            return v if not math.isnan(v) else float(np.percentile(a, p, method="higher"))
 
         out = dict(
             max_abs_error=float(fa.max()) if fa.size else nan, median_abs_error=q(fa, 50),

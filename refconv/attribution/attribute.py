@@ -735,10 +735,6 @@ def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
     return None
 
 
-# ---------------------------------------------------------------------------------------------
-# Public entry point
-
-
 def _beyond_screen_noise(d: np.ndarray, e: np.ndarray, exact: np.ndarray, mag: np.ndarray, n: int) -> np.ndarray:
     """d = e - exact with the entries that the float64 screen e's own rounding could explain set to 0.
 
@@ -752,9 +748,12 @@ def _beyond_screen_noise(d: np.ndarray, e: np.ndarray, exact: np.ndarray, mag: n
     >>> _beyond_screen_noise(np.array([1e-16, 1e-3]), np.ones(2), np.ones(2), np.ones(2), 4).tolist()
     [0.0, 0.001]
     """
-    with np.errstate(invalid="ignore", over="ignore"):
-        noise = _gamma(n, _U64) * mag + ulp(np.maximum(np.abs(e), np.abs(exact)), "float64")
-        return np.where((np.abs(d) > noise) | ~np.isfinite(d), d, 0.0)
+    noise = _gamma(n, _U64) * mag + ulp(np.maximum(np.abs(e), np.abs(exact)), "float64")
+    return np.where((np.abs(d) > noise) | ~np.isfinite(d), d, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
 
 
 def _requested_and_output(y: Any, dtype: str | None, run: Any) -> tuple[str, str, np.ndarray]:

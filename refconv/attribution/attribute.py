@@ -738,11 +738,11 @@ def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
 def _beyond_screen_noise(d: np.ndarray, e: np.ndarray, exact: np.ndarray, mag: np.ndarray, n: int) -> np.ndarray:
     """d = e - exact with the entries that the float64 screen e's own rounding could explain set to 0.
 
-    e is a float64 GEMM of n terms (|e - conv| ≤ γ_n·(Σ|x·w| + |b|) = γ_n·mag, Higham 2002 eq. 3.5) and ``exact`` is
-    correctly rounded, so |d| ≤ γ_n·mag + ulp says nothing about the hypothesis. A hypothesis that leaves the conv unchanged
-    (a pad no window reads, a dilation along a kernel axis of size 1) differs from the oracle only by that rounding,
-    and a float64 framework that sums in the screen's order rounds the same way: regressed on such a d, its residual
-    would "match" the hypothesis.
+    e is a float64 GEMM of n terms (|e - conv| ≤ γ_n·(Σ|x·w| + |b|) = γ_n·mag, Higham 2002 eq. 3.5) and ``exact``
+    is correctly rounded, so |d| ≤ γ_n·mag + ulp says nothing about the hypothesis. A hypothesis that leaves the conv
+    unchanged (a pad no window reads, a dilation along a kernel axis of size 1) differs from the oracle only by that
+    rounding, and a float64 framework that sums in the screen's order rounds the same way: regressed on such a d, its
+    residual would "match" the hypothesis.
 
     >>> import numpy as np
     >>> _beyond_screen_noise(np.array([1e-16, 1e-3]), np.ones(2), np.ones(2), np.ones(2), 4).tolist()

@@ -481,8 +481,9 @@ def projection(r: np.ndarray, d: np.ndarray, sigma: np.ndarray) -> tuple[float, 
     """
     ok = np.isfinite(r) & np.isfinite(d) & (sigma > 0)
     r, d, s = r[ok], d[ok], sigma[ok]
-    wts = 1.0 / s**2
-    den = float(np.sum(wts * d * d))
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # (a sigma whose square underflows: den inf)
+        wts = 1.0 / s**2
+        den = float(np.sum(wts * d * d))
     if den == 0 or not math.isfinite(den):
         return math.nan, math.inf
     beta = float(np.sum(wts * d * r)) / den
@@ -499,7 +500,9 @@ def _rule_out(fits: list[ModelFit], y: np.ndarray, mag: np.ndarray, n: int, out_
     table: dict[str, Any] = {}
     for i, a in enumerate(fits):
         for b in fits[i + 1:]:
-            d = b.emulation - a.emulation
+            # (each emulation is exact or a float64 GEMM: within twice a GEMM's error, with margin for the rounded
+            # inputs' Σ|x̂·ŵ|, their difference is rounding a float64 run may share, not a model's pattern)
+            d = _beyond_screen_noise(b.emulation - a.emulation, b.emulation, a.emulation, 4 * mag, n)
             if not np.any(d[np.isfinite(d)]):
                 continue
             u_acc = max(FORMATS[a.model.accumulation].u, FORMATS[b.model.accumulation].u)
@@ -736,7 +739,8 @@ def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
 
 
 def _beyond_screen_noise(d: np.ndarray, e: np.ndarray, exact: np.ndarray, mag: np.ndarray, n: int) -> np.ndarray:
-    """d = e - exact with the entries that the float64 screen e's own rounding could explain set to 0.
+    """d = e - exact with the entries that the float64 screen e's own rounding could explain set to 0 (also used for
+    two emulations, with twice the error).
 
     e is a float64 GEMM of n terms (|e - conv| ≤ γ_n·(Σ|x·w| + |b|) = γ_n·mag, Higham 2002 eq. 3.5) and ``exact``
     is correctly rounded, so |d| ≤ γ_n·mag + ulp says nothing about the hypothesis. A hypothesis that leaves the conv
@@ -756,8 +760,9 @@ def _beyond_screen_noise(d: np.ndarray, e: np.ndarray, exact: np.ndarray, mag: n
 # Public entry point
 
 
-def _requested_and_output(y: Any, dtype: str | None, run: Any) -> tuple[str, str, np.ndarray]:
-    """(requested precision label, output format, float64 output) from the argument forms accepted."""
+def _requested_and_output(y: Any, dtype: str | None, run: Any, exact: np.ndarray) -> tuple[str, str, np.ndarray]:
+    """(requested precision label, output format, float64 output) from the argument forms accepted; ``exact``: the
+    exact conv, whose own grid the output's values do not reveal as a coarser one."""
     raw = run.output if run is not None else y
     out_name = format_of_dtype(run.output_dtype) if run is not None and run.output_dtype else None
     if out_name is None and getattr(raw, "dtype", None) is not None:
@@ -779,9 +784,10 @@ def _requested_and_output(y: Any, dtype: str | None, run: Any) -> tuple[str, str
         # a float64 array: it sits on the requested grid if the run rounded its output there
         want = "float32" if req_label == "tf32" else req_label
         out_name = next((f for f in (want, "float32") if on_grid(arr, f)), "float64")
-    # an output cast up after the fact (bfloat16 values in a float32 array): its real grid is the coarser one
+    # an output cast up after the fact (bfloat16 values in a float32 array): its real grid is the coarser one,
+    # unless the exact conv lies on that grid too (an identity kernel on float32 data): then the values tell nothing
     coarser = _grid_of(arr)
-    if FORMATS[coarser].precision < FORMATS[out_name].precision:
+    if FORMATS[coarser].precision < FORMATS[out_name].precision and not on_grid(exact, coarser):
         out_name = coarser
     return req_label, out_name, arr
 
@@ -872,7 +878,7 @@ def attribute(
     if inputs_seen is None and run is not None and run.inputs_seen:
         inputs_seen = run.inputs_seen
     seen = prob.inputs_seen(inputs_seen)
-    requested, out_fmt, yf = _requested_and_output(y, dtype, run)
+    requested, out_fmt, yf = _requested_and_output(y, dtype, run, prob.exact)
     if label is None:
         label = run.label if run is not None else f"output:{requested}"
 

@@ -502,7 +502,7 @@ def _rule_out(fits: list[ModelFit], y: np.ndarray, mag: np.ndarray, n: int, out_
         for b in fits[i + 1:]:
             # (each emulation is exact or a float64 GEMM: within twice a GEMM's error, with margin for the rounded
             # inputs' Σ|x̂·ŵ|, their difference is rounding a float64 run may share, not a model's pattern)
-            d = _beyond_screen_noise(b.emulation - a.emulation, b.emulation, a.emulation, 4 * mag, n)
+            d = _beyond_float64_rounding(b.emulation - a.emulation, b.emulation, a.emulation, 4 * mag, n)
             if not np.any(d[np.isfinite(d)]):
                 continue
             u_acc = max(FORMATS[a.model.accumulation].u, FORMATS[b.model.accumulation].u)
@@ -724,7 +724,7 @@ def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
     for h in _comparable(prob, y):
         e, mag_h = prob.screen(h, sample)
         with np.errstate(invalid="ignore", over="ignore"):  # (inf - inf where outputs overflow: NaN, skipped)
-            d = _beyond_screen_noise(e - exact_s, e, exact_s, mag_h, h.spec.n_terms + h.spec.has_bias)
+            d = _beyond_float64_rounding(e - exact_s, e, exact_s, mag_h, h.spec.n_terms + h.spec.has_bias)
             if not np.any(d[np.isfinite(d)]):
                 continue
             beta, se = projection(ys - e_best, d, sigma)
@@ -738,9 +738,9 @@ def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
     return None
 
 
-def _beyond_screen_noise(d: np.ndarray, e: np.ndarray, exact: np.ndarray, mag: np.ndarray, n: int) -> np.ndarray:
-    """d = e - exact with the entries that the float64 screen e's own rounding could explain set to 0 (also used for
-    two emulations, with twice the error).
+def _beyond_float64_rounding(d: np.ndarray, e: np.ndarray, exact: np.ndarray, mag: np.ndarray, n: int) -> np.ndarray:
+    """d = e - exact with the entries that e's float64 rounding could explain set to 0: a hypothesis' screen against
+    the oracle, or two models' emulations (each exact or a float64 GEMM: the caller passes twice the error).
 
     e is a float64 GEMM of n terms (|e - conv| ≤ γ_n·(Σ|x·w| + |b|) = γ_n·mag, Higham 2002 eq. 3.5) and ``exact``
     is correctly rounded, so |d| ≤ γ_n·mag + ulp says nothing about the hypothesis. A hypothesis that leaves the conv
@@ -749,7 +749,7 @@ def _beyond_screen_noise(d: np.ndarray, e: np.ndarray, exact: np.ndarray, mag: n
     residual would "match" the hypothesis.
 
     >>> import numpy as np
-    >>> _beyond_screen_noise(np.array([1e-16, 1e-3]), np.ones(2), np.ones(2), np.ones(2), 4).tolist()
+    >>> _beyond_float64_rounding(np.array([1e-16, 1e-3]), np.ones(2), np.ones(2), np.ones(2), 4).tolist()
     [0.0, 0.001]
     """
     noise = _gamma(n, _U64) * mag + ulp(np.maximum(np.abs(e), np.abs(exact)), "float64")
@@ -914,7 +914,8 @@ def attribute(
     else:
         hres = _hypotheses_when_nothing_fits(prob, yc, seen, out_fmt)
         if hres is None and shape_ok and out_fmt in ("float16", "bfloat16"):
-            # accumulation in a 16-bit format (TensorFlow's CPU depthwise conv in bfloat16): extra["accumulation"]
+            # accumulation in the output's 16-bit format (TensorFlow's CPU depthwise conv in bfloat16); the chosen
+            # model's accumulation goes to extra["accumulation"] below
             fb = fit_precisions(prob, seen, cspec, yc, out_fmt, fallback=True)
             if fb.survivors:
                 pfit = fb

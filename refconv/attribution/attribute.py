@@ -455,9 +455,13 @@ def fit_either_bias_order(
     """:func:`fit_model`, and where the output format is narrower than the accumulator and there is a bias,
     also of the emulation whose bias is added by a separate op after the conv was rounded to the output format
     (jax, cuDNN in bfloat16): a bias below half an output ulp then vanishes, which is rounding, not a missing
-    bias. Returns the closer of the two (fewer violations, then smaller energy), or the one ``after`` names.
+    bias. Also where it is as wide and each output has one product (n = 2): the product rounded, then the bias
+    added, is that format's accumulation itself (else a float64 model whose bias follows the rounding would explain
+    a float32 run of a 1x1 conv of one input channel better than the float32 model). Returns the closer of the two
+    (fewer violations, then smaller energy), or the one ``after`` names.
     """
-    can_follow = bias is not None and FORMATS[out_fmt].precision < FORMATS[model.accumulation].precision
+    out_p, acc_p = FORMATS[out_fmt].precision, FORMATS[model.accumulation].precision
+    can_follow = bias is not None and (out_p < acc_p or (out_p == acc_p and n == 2))
     fits = []
     if not (after and can_follow):
         fits.append(fit_model(y, e, exact_emulation, mag, bias, n, model, out_fmt))

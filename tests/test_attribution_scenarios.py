@@ -249,8 +249,9 @@ def test_float16_accumulation_is_not_taken_for_bfloat16_inputs():
 def test_a_float32_run_of_one_product_per_output_is_float32():
     """A 1x1 conv of one input channel in float32: the product rounded to float32, then the bias added in float32
     (torch, TensorFlow, jax and ONNX Runtime on the CPU), or both at once by a fused multiply-add. Either is float32
-    arithmetic (before the fix, a float64 model whose bias follows the output rounding was preferred: "float64" for
-    every framework, in 33 of 831 random convs)."""
+    arithmetic. Before the fix a float64 model whose bias follows the output rounding was preferred: "float64" for
+    every framework (33 float32 runs of 831 random convs through four frameworks were "float64"; 6 of 545 after,
+    convs whose padding or dilation leaves each output one or two real products)."""
     geo = dict(stride=(3, 1), dilation=(1, 2), padding=1)
     for seed in range(8):
         rng = np.random.default_rng(seed)

@@ -676,17 +676,22 @@ class _HypothesisResult:
     screen_ratio: float
 
 
-def _loose_bound(mag: np.ndarray, bias: np.ndarray | None, y: np.ndarray, e: np.ndarray, n: int, out_fmt: str):
-    """A bound every non-fallback model satisfies: coarsest input rounding plus float32 accumulation."""
-    u_in = max(FORMATS[m.input_format].u for m in PRECISION_MODELS.values() if not m.fallback)
-    g = 2 * u_in + u_in**2 + _gamma(n + 2, 2.0**-24) + _gamma(n + 1, _U64)
+def _loose_bound(mag: np.ndarray, bias: np.ndarray | None, y: np.ndarray, e: np.ndarray, n: int, out_fmt: str,
+                 fallback: bool = False):
+    """A bound every non-fallback model satisfies: coarsest input rounding plus float32 accumulation (``fallback``:
+    every model, the 16-bit-accumulation ones of the output's format too)."""
+    u_in = max(FORMATS[m.input_format].u for m in PRECISION_MODELS.values() if fallback or not m.fallback)
+    u_acc = FORMATS[out_fmt].u if fallback else 2.0**-24
+    g = 2 * u_in + u_in**2 + _gamma(n + 2, u_acc) + _gamma(n + 1, _U64)
     with np.errstate(invalid="ignore", over="ignore"):
         b = g * mag + 0.5 * ulp(np.maximum(np.abs(y), np.abs(e)), out_fmt)
         return b if bias is None else b + u_in * np.abs(bias)
 
 
-def _confirm(prob: Problem, h: Hypothesis, y: np.ndarray, seen: _Inputs, out_fmt: str, ratio: float):
-    """Refit the precision models under a hypothesis (its float64 model on the exact oracle)."""
+def _confirm(prob: Problem, h: Hypothesis, y: np.ndarray, seen: _Inputs, out_fmt: str, ratio: float,
+             fallback: bool = False):
+    """Refit the precision models (or the fallback ones) under a hypothesis (its float64 model on the exact
+    oracle)."""
     key = ("confirm", h.key, seen.key)
     if key not in prob._cache:
         if seen is prob.original:
@@ -695,7 +700,7 @@ def _confirm(prob: Problem, h: Hypothesis, y: np.ndarray, seen: _Inputs, out_fmt
             base = _Inputs(f"hyp:{h.key}:{seen.key}", seen.x, _apply_same(h, prob, seen), _bias_like(h, prob, seen))
         base.exact(h.spec)
         prob._cache[key] = base
-    fit = fit_precisions(prob, prob._cache[key], h.spec, y, out_fmt)
+    fit = fit_precisions(prob, prob._cache[key], h.spec, y, out_fmt, fallback=fallback)
     return _HypothesisResult(h, fit, ratio)
 
 
@@ -726,7 +731,9 @@ def _comparable(prob: Problem, y: np.ndarray) -> list[Hypothesis]:
     return [h for h in prob.hypotheses() if h.spec.output_shape == y.shape]
 
 
-def _hypotheses_when_nothing_fits(prob: Problem, y: np.ndarray, seen: _Inputs, out_fmt: str):
+def _hypotheses_when_nothing_fits(prob: Problem, y: np.ndarray, seen: _Inputs, out_fmt: str, fallback: bool = False):
+    """The hypotheses whose screen is within the loose bound of every (``fallback``: every fallback) model, best
+    first; the first that a model fits under it."""
     ranked = []
     sample = prob.sample(y.shape, screening=True)
     ys = sample.take(y)
@@ -734,7 +741,8 @@ def _hypotheses_when_nothing_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
         e, mag = prob.screen(h, sample)
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.abs(ys - e) / _loose_bound(mag, None if h.b is None else h.b[sample.ch] if not sample.full
-                                                  else h.b, ys, e, h.spec.n_terms + h.spec.has_bias, out_fmt)
+                                                  else h.b, ys, e, h.spec.n_terms + h.spec.has_bias, out_fmt,
+                                                  fallback)
         fin = np.isfinite(ys) & np.isfinite(e)
         if not fin.any():
             continue
@@ -743,7 +751,7 @@ def _hypotheses_when_nothing_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
             ranked.append((float(np.sum(np.where(fin, ratio, 0.0) ** 2)), worst, h))
     ranked.sort(key=lambda t: t[0])
     for _, worst, h in ranked[:3]:
-        res = _confirm(prob, h, y, seen, out_fmt, worst)
+        res = _confirm(prob, h, y, seen, out_fmt, worst, fallback)
         if res.fit.survivors:
             return res
     return None
@@ -753,7 +761,9 @@ def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
     """A semantic difference below a loose precision bound: the regression test against the closest model."""
     sample = prob.sample(y.shape, screening=True)
     ys = sample.take(y)
-    best = min(pfit.survivors, key=lambda f: f.energy)
+    # (a 16-bit-accumulation fallback, whose loose bound makes its energy small, only when nothing else survives: its
+    # noise would hide a semantic pattern that a float32-accumulation survivor's reveals)
+    best = min([f for f in pfit.survivors if not f.model.fallback] or pfit.survivors, key=lambda f: f.energy)
     e_best, _ = prob.emulate(seen, best.model, prob.cspec, sample)
     if best.bias_after_rounding:
         b_s = _model_bias(seen.b, best.model)
@@ -963,6 +973,8 @@ def attribute(
             if fb.survivors:
                 pfit = fb
                 precision, verdict = choose_precision(requested, _by_output(fb, out_fmt))
+            else:  # a semantic mismatch in a run that also accumulates in 16 bits
+                hres = _hypotheses_when_nothing_fits(prob, yc, seen, out_fmt, fallback=True)
     if hres is not None:
         mismatch, detail, verdict = hres.hypothesis.kind, hres.hypothesis.detail, "mismatch"
         hp, _ = choose_precision(requested, _by_output(hres.fit, out_fmt))

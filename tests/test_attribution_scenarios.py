@@ -265,7 +265,7 @@ def test_a_float32_run_of_one_product_per_output_is_float32():
     (torch, TensorFlow, jax and ONNX Runtime on the CPU), or both at once by a fused multiply-add. Either is float32
     arithmetic. Before the fix a float64 model whose bias follows the output rounding was preferred: "float64" for
     every framework (33 float32 runs of 831 random convs through four frameworks were "float64"; 6 of 545 after,
-    convs whose padding or dilation leaves each output one or two real products)."""
+    five of them where padding or dilation leaves each output one or two real products)."""
     geo = dict(stride=(3, 1), dilation=(1, 2), padding=1)
     for seed in range(8):
         rng = np.random.default_rng(seed)

@@ -732,8 +732,9 @@ def _comparable(prob: Problem, y: np.ndarray) -> list[Hypothesis]:
 
 
 def _hypotheses_when_nothing_fits(prob: Problem, y: np.ndarray, seen: _Inputs, out_fmt: str, fallback: bool = False):
-    """The hypotheses whose screen is within the loose bound of every (``fallback``: every fallback) model, best
-    first; the first that a model fits under it."""
+    """Of the hypotheses whose screen is within the loose bound of the ordinary models (with ``fallback``: of every
+    model, 16-bit accumulation included), the best three in turn; the first under which a model (a fallback
+    model) fits."""
     ranked = []
     sample = prob.sample(y.shape, screening=True)
     ys = sample.take(y)

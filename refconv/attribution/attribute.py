@@ -837,8 +837,10 @@ def _requested_and_output(y: Any, dtype: str | None, run: Any, exact: np.ndarray
         want = "float32" if req_label == "tf32" else req_label
         out_name = next((f for f in (want, "float32") if on_grid(arr, f)), "float64")
     # an output cast up after the fact (bfloat16 values in a float32 array): its real grid is the coarser one,
-    # unless the exact conv lies on that grid too (an identity kernel on float32 data): then the values tell nothing
-    coarser = _grid_of(arr)
+    # unless the exact conv lies on that grid too (an identity kernel on float32 data): then the values tell nothing.
+    # Only values in the output format's normal range are evidence: its subnormals have fewer bits (float16's
+    # below 2^-16 all sit on the bfloat16 grid).
+    coarser = _grid_of(arr[np.abs(arr) >= FORMATS[out_name].min_normal])
     if FORMATS[coarser].precision < FORMATS[out_name].precision and not on_grid(exact, coarser):
         out_name = coarser
     return req_label, out_name, arr

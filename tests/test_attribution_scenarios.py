@@ -215,9 +215,10 @@ def _depthwise_summed_in(x, w, b, geo, fmt):
     xr, wr, br = (round_to(v, fmt) for v in (x, w, b))
     win = window_view(pad_nhwc(xr, spec), spec)  # (N, OH, OW, KH, KW, C); one input channel per group
     y = np.broadcast_to(br, spec.output_shape).copy()
-    for i in range(w.shape[0]):
-        for j in range(w.shape[1]):
-            y = round_to(y + round_to(win[..., i, j, :] * wr[i, j, 0], fmt), fmt)
+    with np.errstate(over="ignore", invalid="ignore"):  # (sums past the format's range: ±inf, then inf - inf)
+        for i in range(w.shape[0]):
+            for j in range(w.shape[1]):
+                y = round_to(y + round_to(win[..., i, j, :] * wr[i, j, 0], fmt), fmt)
     return y
 
 
@@ -258,6 +259,21 @@ def test_a_mismatch_in_a_conv_summed_in_16_bits_is_found(fmt):
         a = attribute(y, x, w, b, dtype=fmt, padding="SAME", groups=6)
         check(a, (None, "padding", "mismatch"), f"{fmt}, seed {seed}")
         assert a.extra["precision_under_mismatch"] == fmt, a.extra
+
+
+def test_float16_accumulation_that_overflows_is_float16():
+    """Values of order 300 summed in float16 (TensorFlow's CPU depthwise conv): partial sums pass float16's largest
+    value 65504, so some outputs are ±inf or NaN where the exact sum rounds to a finite float16. That is what float16
+    accumulation does ("unexplained" before the fix)."""
+    geo = dict(padding="SAME", groups=6)
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((1, 8, 8, 6)) * 300, rng.standard_normal((3, 3, 1, 6)) * 300, rng.standard_normal(6)
+    y = _depthwise_summed_in(x, w, b, geo, "float16")
+    exact = refconv.conv2d(*(round_to(v, "float16") for v in (x, w, b)), **geo)
+    assert np.any(~np.isfinite(y) & (np.abs(exact) < 65504))  # (the accumulation overflowed)
+    a = attribute(y, x, w, b, dtype="float16", **geo)
+    check(a, ("float16", None, "ok"), "float16 accumulation past 65504")
+    assert a.extra["accumulation"] == "float16", a.extra
 
 
 def test_float16_outputs_in_the_subnormal_range_are_float16():

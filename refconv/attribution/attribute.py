@@ -402,8 +402,10 @@ class ModelFit:
         return int(self.violations.sum())
 
 
-def _nonfinite_violations(y: np.ndarray, e: np.ndarray, out_fmt: str) -> np.ndarray:
-    """Elements where y or e is non-finite and the two do not agree (output overflow to ±inf is agreement)."""
+def _nonfinite_violations(y: np.ndarray, e: np.ndarray, out_fmt: str, overflow: np.ndarray | None = None) -> np.ndarray:
+    """Elements where y or e is non-finite and the two do not agree (output overflow to ±inf is agreement; so is a
+    non-finite y of a finite e where ``overflow`` says a partial sum may leave the accumulator's range: ±inf, or NaN
+    from inf - inf)."""
     bad = ~(np.isfinite(y) & np.isfinite(e))
     if not bad.any():
         return bad
@@ -412,6 +414,8 @@ def _nonfinite_violations(y: np.ndarray, e: np.ndarray, out_fmt: str) -> np.ndar
         agree = (np.isnan(y) & np.isnan(e)) | (y == e) | (
             np.isinf(y) & np.isfinite(e) & (np.abs(e) >= top) & (np.sign(y) == np.sign(e))
         )
+        if overflow is not None:
+            agree |= ~np.isfinite(y) & np.isfinite(e) & overflow
     return bad & ~agree
 
 
@@ -441,7 +445,7 @@ def fit_model(
         r = np.abs(y - e)
         ok = np.isfinite(y) & np.isfinite(e)
         viol = ok & ~(r <= bound)
-        viol |= _nonfinite_violations(y, e, out_fmt)
+        viol |= _nonfinite_violations(y, e, out_fmt, m >= acc.max_value)
         ratio = np.where(ok, r / bound, 0.0)
         scale = _noise_scale(mag, y, n, acc.u, out_fmt)
         energy = float(np.sum(np.where(ok, (r / scale) ** 2, 0.0)))

@@ -508,13 +508,8 @@ def _rule_out(fits: list[ModelFit], y: np.ndarray, mag: np.ndarray, n: int, out_
     table: dict[str, Any] = {}
     for i, a in enumerate(fits):
         for b in fits[i + 1:]:
-            # (each emulation is exact or a float64 GEMM: within twice a GEMM's error, with margin for the rounded
-            # inputs' Σ|x̂·ŵ|, their difference is rounding a float64 run may share, not a model's pattern)
-            d = _beyond_float64_rounding(b.emulation - a.emulation, b.emulation, a.emulation, 4 * mag, n)
-            if not np.any(d[np.isfinite(d)]):
-                continue
             u_acc = max(FORMATS[a.model.accumulation].u, FORMATS[b.model.accumulation].u)
-            beta, se = projection(y - a.emulation, d, _noise_scale(mag, y, n, u_acc, out_fmt))
+            d, beta, se = _toward(y, a, b, mag, n, out_fmt, u_acc)
             if not math.isfinite(beta):
                 continue
             table[f"{a.model.name}->{b.model.name}"] = {"beta": beta, "se": se}
@@ -533,6 +528,19 @@ def _rule_out(fits: list[ModelFit], y: np.ndarray, mag: np.ndarray, n: int, out_
                 if _rms((y - b.emulation)[ok]) * _SIGNATURE < rms_d:
                     out.add(a.model.name)
     return out, table
+
+
+def _toward(y: np.ndarray, a: ModelFit, b: ModelFit, mag: np.ndarray, n: int, out_fmt: str, u_acc: float):
+    """(d, β, se): the regression of y - e_a on d = e_b - e_a, with the noise of accumulation at ``u_acc`` (β ≈ 1: y
+    follows b's emulation, β ≈ 0: a's); β is NaN where the two emulations do not differ.
+
+    Each emulation is exact or a float64 GEMM, so d within twice a GEMM's error (with margin for the rounded inputs'
+    Σ|x̂·ŵ|) is rounding a float64 run may share, not a model's pattern: it counts as 0."""
+    with np.errstate(invalid="ignore", over="ignore"):  # (inf - inf where outputs overflow: NaN, skipped)
+        d = _beyond_float64_rounding(b.emulation - a.emulation, b.emulation, a.emulation, 4 * mag, n)
+        if not np.any(d[np.isfinite(d)]):
+            return d, math.nan, math.inf
+        return d, *projection(y - a.emulation, d, _noise_scale(mag, y, n, u_acc, out_fmt))
 
 
 def _rms(v: np.ndarray) -> float:
@@ -627,13 +635,9 @@ def _with_16bit_accumulation(
 
 
 def _follows(y: np.ndarray, b: ModelFit, a: ModelFit, mag: np.ndarray, n: int, out_fmt: str) -> bool:
-    """Whether y follows b's emulation rather than a's: the regression of y - e_a on e_b - e_a finds b's pattern,
-    with the noise b's own accumulation gives (:func:`_rule_out` takes the larger of the two models' noise)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        d = _beyond_float64_rounding(b.emulation - a.emulation, b.emulation, a.emulation, 4 * mag, n)
-        if not np.any(d[np.isfinite(d)]):
-            return False
-        beta, se = projection(y - a.emulation, d, _noise_scale(mag, y, n, FORMATS[b.model.accumulation].u, out_fmt))
+    """Whether y follows b's emulation rather than a's (:func:`_toward`), with the noise b's own accumulation gives
+    (:func:`_rule_out` takes the larger of the two models' noise)."""
+    _, beta, se = _toward(y, a, b, mag, n, out_fmt, FORMATS[b.model.accumulation].u)
     return math.isfinite(beta) and beta > max(_Z * se, _EFFECT)
 
 

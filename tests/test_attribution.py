@@ -27,7 +27,7 @@ from refconv.attribution import (
     round_to,
     ulp,
 )
-from refconv.attribution.attribute import Sample, projection
+from refconv.attribution.attribute import _Z, ModelFit, Sample, _toward, projection
 from refconv.attribution.hypotheses import generate
 from refconv.errors import FrameworkRunError, ShapeError, UnknownNameError
 from refconv.frameworks.base import FrameworkRun
@@ -240,6 +240,38 @@ def test_projection_recovers_a_planted_fraction():
     r = 0.25 * d + rng.standard_normal(5000) * 0.1
     beta, se = projection(r, d, np.full(5000, 0.1))
     assert abs(beta - 0.25) < 5 * se and se < 0.01, (beta, se)
+
+
+def test_projection_does_not_take_two_channels_pattern_for_the_outputs():
+    """Two of six output channels follow d, the others do not: β ≈ 1/3, which elements taken as independent would
+    call 19 standard errors from 0; by channel (the clusters) it is no pattern of the output. The same β in every
+    channel is one."""
+    rng = np.random.default_rng(9)
+    d, noise, sigma = rng.standard_normal((400, 6)), 0.1 * rng.standard_normal((400, 6)), np.full((400, 6), 0.1)
+    r = noise + np.where(np.arange(6) < 2, d, 0.0)
+    beta, se = projection(r, d, sigma)
+    assert abs(beta - 1 / 3) < 0.05 and beta < _Z * se, (beta, se)
+    beta, se = projection(noise + d / 3, d, sigma)
+    assert abs(beta - 1 / 3) < 0.05 and beta > 20 * _Z * se, (beta, se)
+
+
+def test_a_rounded_and_an_unrounded_emulation_are_compared_on_the_output_grid():
+    """y is model a's emulation rounded to float16; b's emulation is another, already on the float16 grid (its bias
+    added after the output rounding). Unrounded, y - e_a and e_b - e_a share e_a's rounding residual and β leaned
+    toward b (here 0.066, five standard errors); on the output grid y follows a."""
+    rng = np.random.default_rng(10)
+    e_a = rng.uniform(1, 2, 4000)
+    ulp16 = 2.0**-10
+    y = round_to(e_a, "float16")
+    e_b = round_to(e_a + 0.3 * ulp16 * rng.standard_normal(e_a.shape), "float16")
+
+    def fit(name, e, after):
+        return ModelFit(PRECISION_MODELS[name], e, np.full_like(e, ulp16), np.zeros(e.shape, bool), 0.5, 0.0,
+                        bias_after_rounding=after)
+
+    _, _, beta, se = _toward(y, fit("float16", e_a, False), fit("bfloat16_bias32", e_b, True), e_a, 2, "float16",
+                             2.0**-24)
+    assert abs(beta) < 3 * se, (beta, se)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -288,6 +288,14 @@ class Problem:
                 self._cache[key] = sample.conv(inputs.x, inputs.w, inputs.b, spec, magnitude=True)[1]
         return self._cache[key]
 
+    def most_products(self, inputs: _Inputs, spec: ConvSpec) -> int:
+        """The most nonzero products x·w of any output element (padding taps and zeros are not products)."""
+        key = ("products", inputs.key, _spec_key(spec))
+        if key not in self._cache:
+            counts = _float_conv((inputs.x != 0).astype(np.float64), (inputs.w != 0).astype(np.float64), None, spec)
+            self._cache[key] = int(counts.max(initial=0))
+        return self._cache[key]
+
     def rounded(
         self, inputs: _Inputs, model: PrecisionModel, sample: Sample | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -454,18 +462,27 @@ def fit_model(
 
 def fit_either_bias_order(
     y: np.ndarray, e: np.ndarray, exact_emulation: bool, mag: np.ndarray, bias: np.ndarray | None, n: int,
-    model: PrecisionModel, out_fmt: str, after: bool | None = None,
+    model: PrecisionModel, out_fmt: str, after: bool | None = None, products: int | None = None,
 ) -> ModelFit:
     """:func:`fit_model`, and where the output format is narrower than the accumulator and there is a bias,
     also of the emulation whose bias is added by a separate op after the conv was rounded to the output format
     (jax, cuDNN in bfloat16): a bias below half an output ulp then vanishes, which is rounding, not a missing
-    bias. Also where it is as wide and each output has one product (n = 2): the product rounded, then the bias
-    added, is that format's accumulation itself (else a float64 model whose bias follows the rounding would explain
-    a float32 run of a 1x1 conv of one input channel better than the float32 model). Returns the closer of the two
-    (fewer violations, then smaller energy), or the one ``after`` names.
+    bias. Also where it is as wide and:
+
+    * the model accumulates in 16 bits: TensorFlow's CPU depthwise conv in float16 sums in float16, then adds the
+      bias by a separate float16 op;
+    * or no output has more than two nonzero products (``products``, the most of any output; default: the kernel's
+      n - 1 terms, padding taps and zeros counted): their sum rounded, then the bias added, is that format's own
+      arithmetic, up to the rounding of the products (else a float64 model whose bias follows the rounding would
+      explain a float32 run of a 1x1 conv of one input channel, or of a conv whose padding leaves each output one
+      or two products, better than the float32 model).
+
+    Returns the closer of the two (fewer violations, then fewer outputs off the emulation rounded to the output
+    format, then smaller energy), or the one ``after`` names.
     """
     out_p, acc_p = FORMATS[out_fmt].precision, FORMATS[model.accumulation].precision
-    can_follow = bias is not None and (out_p < acc_p or (out_p == acc_p and n == 2))
+    few = (n - 1 if products is None else products) <= 2
+    can_follow = bias is not None and (out_p < acc_p or (out_p == acc_p and (few or model.fallback)))
     fits = []
     if not (after and can_follow):
         fits.append(fit_model(y, e, exact_emulation, mag, bias, n, model, out_fmt))
@@ -474,11 +491,23 @@ def fit_either_bias_order(
                          n, model, out_fmt)
         post.bias_after_rounding = True
         fits.append(post)
-    return min(fits, key=lambda f: (f.n_violations, f.energy))  # (a tie keeps the bias before the rounding)
+    if len(fits) == 1:
+        return fits[0]
+
+    def misses(f: ModelFit) -> int:  # (outputs off the emulation rounded to the output format: the energy of an
+        with np.errstate(invalid="ignore", over="ignore"):  # unrounded emulation is smaller by rounding alone)
+            return int(np.count_nonzero(y != _round(f.emulation, out_fmt, "nearest")))
+
+    return min(fits, key=lambda f: (f.n_violations, misses(f), f.energy))  # (a tie keeps the bias before)
 
 
 def projection(r: np.ndarray, d: np.ndarray, sigma: np.ndarray) -> tuple[float, float]:
     """Weighted regression of r on d: (β, robust standard error), floored by the expected noise ``sigma``.
+
+    The arrays are output-shaped (channels last). The standard error is the larger of the heteroskedasticity-robust
+    one, which takes the elements as independent, and the one robust to any correlation within an output channel
+    (clusters: the last axis), so that a pattern one or two channels carry (a per-channel rounding of the bias,
+    a channel's systematic accumulation error) is not taken for one the whole output follows.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -487,8 +516,9 @@ def projection(r: np.ndarray, d: np.ndarray, sigma: np.ndarray) -> tuple[float, 
     >>> round(beta, 2), bool(se < 0.01)
     (0.5, True)
     """
+    channel = np.broadcast_to(np.arange(r.shape[-1]) if r.ndim > 1 else np.zeros(1, dtype=int), r.shape)
     ok = np.isfinite(r) & np.isfinite(d) & (sigma > 0)
-    r, d, s = r[ok], d[ok], sigma[ok]
+    r, d, s, channel = r[ok], d[ok], sigma[ok], channel[ok]
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # (a sigma whose square underflows: den inf)
         wts = 1.0 / s**2
         den = float(np.sum(wts * d * d))
@@ -496,10 +526,19 @@ def projection(r: np.ndarray, d: np.ndarray, sigma: np.ndarray) -> tuple[float, 
         return math.nan, math.inf
     beta = float(np.sum(wts * d * r)) / den
     eps = r - beta * d
+    score = wts * d * eps
     m = r.size
-    sandwich = math.sqrt(float(np.sum((wts * d * eps) ** 2))) / den * math.sqrt(m / max(m - 1, 1))
+    correction = m / max(m - 1, 1)
+    sandwich = math.sqrt(float(np.sum(score**2)) * correction) / den
+    g = np.unique(channel[d != 0]).size
+    if g > 1:  # (one cluster: its score sums to 0 by construction, no information)
+        cluster = math.sqrt(float(np.sum(np.bincount(channel, weights=score) ** 2)) * g / (g - 1)) / den
+        sandwich = max(sandwich, cluster)
+    # the noise every element shows, in units of sigma (where d is 0 too): the robust forms see only the elements
+    # where d is not, and a few of those may all lean one way by chance when the run's noise is larger than sigma
+    spread = math.sqrt(float(np.sum(wts * eps**2)) / max(m - 1, 1) / den)
     floor = (3.0 if m < 10 else 1.0) / math.sqrt(den)
-    return beta, max(sandwich, floor)
+    return beta, max(sandwich, spread, floor)
 
 
 def _rule_out(fits: list[ModelFit], y: np.ndarray, mag: np.ndarray, n: int, out_fmt: str) -> tuple[set[str], dict]:
@@ -509,7 +548,7 @@ def _rule_out(fits: list[ModelFit], y: np.ndarray, mag: np.ndarray, n: int, out_
     for i, a in enumerate(fits):
         for b in fits[i + 1:]:
             u_acc = max(FORMATS[a.model.accumulation].u, FORMATS[b.model.accumulation].u)
-            d, beta, se = _toward(y, a, b, mag, n, out_fmt, u_acc)
+            r, d, beta, se = _toward(y, a, b, mag, n, out_fmt, u_acc)
             if not math.isfinite(beta):
                 continue
             table[f"{a.model.name}->{b.model.name}"] = {"beta": beta, "se": se}
@@ -520,27 +559,33 @@ def _rule_out(fits: list[ModelFit], y: np.ndarray, mag: np.ndarray, n: int, out_
             # Input-rounding signature: under model b, y - e_a = d + noise with noise independent of d, so
             # rms(y - e_a) >= rms(d) up to chance. A run many times closer to e_a than that never saw b's
             # rounded inputs, however loose b's accumulation bound (e.g. float64 runs vs the float32 model).
-            ok = np.isfinite(d) & np.isfinite(y)
+            ok = np.isfinite(d) & np.isfinite(r)
             if np.count_nonzero(d[ok]) >= _MIN_SIGNATURE:
                 rms_d = _rms(d[ok])
-                if _rms((y - a.emulation)[ok]) * _SIGNATURE < rms_d:
+                if _rms(r[ok]) * _SIGNATURE < rms_d:
                     out.add(b.model.name)
-                if _rms((y - b.emulation)[ok]) * _SIGNATURE < rms_d:
+                if _rms((r - d)[ok]) * _SIGNATURE < rms_d:
                     out.add(a.model.name)
     return out, table
 
 
 def _toward(y: np.ndarray, a: ModelFit, b: ModelFit, mag: np.ndarray, n: int, out_fmt: str, u_acc: float):
-    """(d, β, se): the regression of y - e_a on d = e_b - e_a, with the noise of accumulation at ``u_acc`` (β ≈ 1: y
-    follows b's emulation, β ≈ 0: a's); β is NaN where the two emulations do not differ.
+    """(y - e_a, d, β, se): the regression of y - e_a on d = e_b - e_a, with the noise of accumulation at ``u_acc``
+    (β ≈ 1: y follows b's emulation, β ≈ 0: a's); β is NaN where the two emulations do not differ.
 
     Each emulation is exact or a float64 GEMM, so d within twice a GEMM's error (with margin for the rounded inputs'
-    Σ|x̂·ŵ|) is rounding a float64 run may share, not a model's pattern: it counts as 0."""
+    Σ|x̂·ŵ|) is rounding a float64 run may share, not a model's pattern: it counts as 0. Where one emulation is on
+    the output grid (its bias added after the output rounding) both are compared rounded to the output format:
+    else y - e_a and d = e_b - e_a would share e_a's rounding residual, and β would lean toward b whatever y
+    followed (a float16 run whose bias was added in float16 after its float16 sums took for bfloat16 inputs)."""
+    ea, eb = a.emulation, b.emulation
     with np.errstate(invalid="ignore", over="ignore"):  # (inf - inf where outputs overflow: NaN, skipped)
-        d = _beyond_float64_rounding(b.emulation - a.emulation, b.emulation, a.emulation, 4 * mag, n)
+        if a.bias_after_rounding != b.bias_after_rounding:
+            ea, eb = _round(ea, out_fmt, "nearest"), _round(eb, out_fmt, "nearest")
+        r, d = y - ea, _beyond_float64_rounding(eb - ea, eb, ea, 4 * mag, n)
         if not np.any(d[np.isfinite(d)]):
-            return d, math.nan, math.inf
-        return d, *projection(y - a.emulation, d, _noise_scale(mag, y, n, u_acc, out_fmt))
+            return r, d, math.nan, math.inf
+        return r, d, *projection(r, d, _noise_scale(mag, y, n, u_acc, out_fmt))
 
 
 def _rms(v: np.ndarray) -> float:
@@ -580,12 +625,13 @@ def fit_precisions(
     mag_s = prob.magnitude_for(inputs, spec, sample)
     bias_s = None if inputs.b is None else (inputs.b if sample.full else inputs.b[sample.ch])
     n = spec.n_terms + spec.has_bias
+    products = None if inputs.b is None else prob.most_products(inputs, spec)
     fits = []
     for model in PRECISION_MODELS.values():
         if model.fallback != fallback:
             continue
         e, exact = prob.emulate(inputs, model, spec, sample)
-        fits.append(fit_either_bias_order(ys, e, exact, mag_s, bias_s, n, model, out_fmt))
+        fits.append(fit_either_bias_order(ys, e, exact, mag_s, bias_s, n, model, out_fmt, products=products))
     fitting = [f for f in fits if f.fits]
     ruled, tests = (set(), {})
     if len(fitting) > 1:
@@ -637,7 +683,7 @@ def _with_16bit_accumulation(
 def _follows(y: np.ndarray, b: ModelFit, a: ModelFit, mag: np.ndarray, n: int, out_fmt: str) -> bool:
     """Whether y follows b's emulation rather than a's (:func:`_toward`), with the noise b's own accumulation gives
     (:func:`_rule_out` takes the larger of the two models' noise)."""
-    _, beta, se = _toward(y, a, b, mag, n, out_fmt, FORMATS[b.model.accumulation].u)
+    *_, beta, se = _toward(y, a, b, mag, n, out_fmt, FORMATS[b.model.accumulation].u)
     return math.isfinite(beta) and beta > max(_Z * se, _EFFECT)
 
 
@@ -649,7 +695,8 @@ def full_fit(
     e, exact = prob.emulate(inputs, model, spec, None)
     mag = prob.magnitude_for(inputs, spec, None)
     return fit_either_bias_order(y, e, exact, mag, inputs.b, spec.n_terms + spec.has_bias, model, out_fmt,
-                                 after=bias_after_rounding)
+                                 after=bias_after_rounding,
+                                 products=None if inputs.b is None else prob.most_products(inputs, spec))
 
 
 def choose_precision(requested: str, candidates: list[str]) -> tuple[str | None, str]:

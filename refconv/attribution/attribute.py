@@ -502,12 +502,17 @@ def fit_either_bias_order(
 
 
 def projection(r: np.ndarray, d: np.ndarray, sigma: np.ndarray) -> tuple[float, float]:
-    """Weighted regression of r on d: (β, robust standard error), floored by the expected noise ``sigma``.
+    """Weighted regression of r on d: (β, standard error), with weights from the expected noise ``sigma``.
 
-    The arrays are output-shaped (channels last). The standard error is the larger of the heteroskedasticity-robust
-    one, which takes the elements as independent, and the one robust to any correlation within an output channel
-    (clusters: the last axis), so that a pattern one or two channels carry (a per-channel rounding of the bias,
-    a channel's systematic accumulation error) is not taken for one the whole output follows.
+    The arrays are output-shaped (channels last). The standard error is the largest of:
+
+    * the heteroskedasticity-robust one, which takes the elements as independent;
+    * the one robust to any correlation within an output channel (clusters: the last axis), so that a pattern one
+      or two channels carry (a per-channel rounding of the bias, a channel's systematic accumulation error) is not
+      taken for one the whole output follows;
+    * the spread of the residuals over every element, d = 0 included: the robust forms see only the elements
+      where d is not, and a few of those may lean one way by chance when the run is noisier than ``sigma`` says;
+    * what ``sigma`` itself implies (three times that below ten elements).
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -534,8 +539,6 @@ def projection(r: np.ndarray, d: np.ndarray, sigma: np.ndarray) -> tuple[float, 
     if g > 1:  # (one cluster: its score sums to 0 by construction, no information)
         cluster = math.sqrt(float(np.sum(np.bincount(channel, weights=score) ** 2)) * g / (g - 1)) / den
         sandwich = max(sandwich, cluster)
-    # the noise every element shows, in units of sigma (where d is 0 too): the robust forms see only the elements
-    # where d is not, and a few of those may all lean one way by chance when the run's noise is larger than sigma
     spread = math.sqrt(float(np.sum(wts * eps**2)) / max(m - 1, 1) / den)
     floor = (3.0 if m < 10 else 1.0) / math.sqrt(den)
     return beta, max(sandwich, spread, floor)

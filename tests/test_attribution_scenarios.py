@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from emulations import depthwise_summed_in
 
 import refconv
 from refconv.attribution import Problem, attribute, round_to
@@ -195,7 +196,7 @@ def test_bfloat16_accumulation_is_explained_as_such():
     rng = np.random.default_rng(5)
     x, w, b = rng.standard_normal((1, 9, 9, 6)), rng.standard_normal((5, 4, 1, 6)), rng.standard_normal(6)
     geo = dict(stride=2, padding="SAME", groups=6)
-    a = attribute(_depthwise_summed_in(x, w, b, geo, "bfloat16"), x, w, b, dtype="bfloat16", **geo)
+    a = attribute(depthwise_summed_in(x, w, b, geo, "bfloat16"), x, w, b, dtype="bfloat16", **geo)
     check(a, ("bfloat16", None, "ok"), "bfloat16 accumulation")
     assert a.extra["accumulation"] == "bfloat16" and a.extra["model"] == "bfloat16_acc16", a.extra
     pytest.importorskip("tensorflow")
@@ -204,22 +205,6 @@ def test_bfloat16_accumulation_is_explained_as_such():
     run = frameworks.run("tensorflow", x, w, b, **geo, dtype="bfloat16")
     if run.ok:
         check(attribute(run, x, w, b, **geo), ("bfloat16", None, "ok"), "TensorFlow's depthwise conv in bfloat16")
-
-
-def _depthwise_summed_in(x, w, b, geo, fmt, bias_last=False):
-    """A depthwise conv (NHWC, HWIO) of inputs rounded to fmt, each product and partial sum rounded to fmt, the
-    bias first (or, ``bias_last``, added to the rounded sum by a separate op)."""
-    from refconv.oracle._im2col import pad_nhwc, window_view
-
-    spec = ConvSpec.from_shapes(x.shape, w.shape, b.shape, **geo)
-    xr, wr, br = (round_to(v, fmt) for v in (x, w, b))
-    win = window_view(pad_nhwc(xr, spec), spec)  # (N, OH, OW, KH, KW, C); one input channel per group
-    y = np.zeros(spec.output_shape) if bias_last else np.broadcast_to(br, spec.output_shape).copy()
-    with np.errstate(over="ignore", invalid="ignore"):  # (sums past the format's range: ±inf, then inf - inf)
-        for i in range(w.shape[0]):
-            for j in range(w.shape[1]):
-                y = round_to(y + round_to(win[..., i, j, :] * wr[i, j, 0], fmt), fmt)
-        return round_to(y + br, fmt) if bias_last else y
 
 
 def test_float16_accumulation_is_not_taken_for_bfloat16_inputs():
@@ -231,7 +216,7 @@ def test_float16_accumulation_is_not_taken_for_bfloat16_inputs():
     for seed in range(40):
         rng = np.random.default_rng(seed)
         x, w, b = rng.random((2, 5, 5, 5)), rng.random((4, 3, 1, 5)), rng.random(5)
-        a = attribute(_depthwise_summed_in(x, w, b, geo, "float16"), x, w, b, dtype="float16", **geo)
+        a = attribute(depthwise_summed_in(x, w, b, geo, "float16"), x, w, b, dtype="float16", **geo)
         assert a.verdict == "ok" and a.precision in ("float16", "tf32", "float32"), (seed, a.precision, a.verdict)
         if seed % 4 == 0:
             y = refconv.conv2d(*(round_to(v, "bfloat16") for v in (x, w, b)), **geo).astype(np.float32)
@@ -255,7 +240,7 @@ def test_a_mismatch_in_a_conv_summed_in_16_bits_is_found(fmt):
     for seed in range(3):
         rng = np.random.default_rng(seed)
         x, w, b = rng.random((1, 12, 12, 6)), rng.random((4, 4, 1, 6)), rng.random(6)
-        y = _depthwise_summed_in(x, w, b, dict(padding="SAME_LOWER", groups=6), fmt)
+        y = depthwise_summed_in(x, w, b, dict(padding="SAME_LOWER", groups=6), fmt)
         a = attribute(y, x, w, b, dtype=fmt, padding="SAME", groups=6)
         check(a, (None, "padding", "mismatch"), f"{fmt}, seed {seed}")
         assert a.extra["precision_under_mismatch"] == fmt, a.extra
@@ -268,7 +253,7 @@ def test_float16_accumulation_that_overflows_is_float16():
     geo = dict(padding="SAME", groups=6)
     rng = np.random.default_rng(3)
     x, w, b = rng.standard_normal((1, 8, 8, 6)) * 300, rng.standard_normal((3, 3, 1, 6)) * 300, rng.standard_normal(6)
-    y = _depthwise_summed_in(x, w, b, geo, "float16")
+    y = depthwise_summed_in(x, w, b, geo, "float16")
     exact = refconv.conv2d(*(round_to(v, "float16") for v in (x, w, b)), **geo)
     assert np.any(~np.isfinite(y) & (np.abs(exact) < 65504))  # (the accumulation overflowed)
     a = attribute(y, x, w, b, dtype="float16", **geo)
@@ -325,7 +310,7 @@ def test_a_float16_conv_whose_bias_is_added_after_its_float16_sums_is_float16():
         for seed in range(20):
             rng = np.random.default_rng(seed)
             x, w, b = (rng.standard_normal(shape) * 1e-3 for shape in (xs, ws, xs[-1:]))
-            y = _depthwise_summed_in(x, w, b, geo, "float16", bias_last=True)
+            y = depthwise_summed_in(x, w, b, geo, "float16", bias_last=True)
             seen = dict(zip("xwb", (round_to(v, "float16") for v in (x, w, b))))
             a = attribute(y, x, w, b, dtype="float16", inputs_seen=seen, **geo)
             assert (a.precision, a.verdict) == ("float16", "ok"), (geo, seed, a.precision, a.candidates)
@@ -350,7 +335,7 @@ def test_a_missing_bias_in_a_conv_summed_in_float16_is_found():
         draw = rng.random if seed % 2 else rng.standard_normal
         x, w, b = draw((2, 11, 13, 2)), draw((5, 5, 1, 2)), draw(2)
         for what, b_run in (("missing", 0 * b), ("twice", 2 * b)):
-            y = _depthwise_summed_in(x, w, b_run, geo, "float16")
+            y = depthwise_summed_in(x, w, b_run, geo, "float16")
             a = attribute(y, x, w, b, dtype="float16", **geo)
             assert (a.mismatch, a.verdict) == ("bias", "mismatch"), (seed, what, a.verdict, a.precision, a.mismatch)
 

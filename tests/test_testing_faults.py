@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 import pytest
+from emulations import depthwise_summed_in
 from numpy_im2col import conv2d_im2col_f32
 
 from refconv.testing import compare_conv2d, conv2d_tolerance, round_to
@@ -162,20 +163,10 @@ def test_float16_sums_are_diagnosed_as_float16_accumulation_not_a_bfloat16_outpu
     four). The message names float16 accumulation and the keyword that accepts it. The outputs are float16 values off
     the bfloat16 grid, so "output rounded to bfloat16", a looser model tried first, cannot be why (before the fix
     it was the diagnosis of all four)."""
-    from refconv.oracle._im2col import pad_nhwc, window_view
-    from refconv.spec import ConvSpec
-
     for seed in (3, 5, 29, 41):
         rng = np.random.default_rng(seed)
         x, w, b = rng.standard_normal((1, 15, 9, 3)), rng.standard_normal((3, 3, 1, 3)), rng.standard_normal(3)
-        spec = ConvSpec.from_shapes(x.shape, w.shape, b.shape, groups=3)
-        x16, w16, b16 = (round_to(v, "float16") for v in (x, w, b))
-        win = window_view(pad_nhwc(x16, spec), spec)
-        y = np.zeros(spec.output_shape)
-        for i in range(3):
-            for j in range(3):
-                y = round_to(y + round_to(win[..., i, j, :] * w16[i, j, 0], "float16"), "float16")
-        y = round_to(y + b16, "float16")
+        y = depthwise_summed_in(x, w, b, dict(groups=3), "float16", bias_last=True)
         c = compare_conv2d(y, x, w, b, groups=3, precision="float16")
         diagnosis = next(line for line in c.message.splitlines() if line.startswith("Diagnosis"))
         assert not c.passed and "accumulation='float16'" in diagnosis and "bfloat16" not in diagnosis, diagnosis

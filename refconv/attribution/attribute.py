@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -462,7 +463,7 @@ def fit_model(
 
 def fit_either_bias_order(
     y: np.ndarray, e: np.ndarray, exact_emulation: bool, mag: np.ndarray, bias: np.ndarray | None, n: int,
-    model: PrecisionModel, out_fmt: str, after: bool | None = None, products: int | None = None,
+    model: PrecisionModel, out_fmt: str, after: bool | None = None, products: Callable[[], int] | None = None,
 ) -> ModelFit:
     """:func:`fit_model`, and where the output format is narrower than the accumulator and there is a bias,
     also of the emulation whose bias is added by a separate op after the conv was rounded to the output format
@@ -471,18 +472,18 @@ def fit_either_bias_order(
 
     * the model accumulates in 16 bits: TensorFlow's CPU depthwise conv in float16 sums in float16, then adds the
       bias by a separate float16 op;
-    * or no output has more than two nonzero products (``products``, the most of any output; default: the kernel's
-      n - 1 terms, padding taps and zeros counted): their sum rounded, then the bias added, is that format's own
-      arithmetic, up to the rounding of the products (else a float64 model whose bias follows the rounding would
-      explain a float32 run of a 1x1 conv of one input channel, or of a conv whose padding leaves each output one
-      or two products, better than the float32 model).
+    * or no output has more than two nonzero products (``products()``, the most of any output, asked only here;
+      default: the kernel's n - 1 terms, padding taps and zeros counted): their sum rounded, then the bias added,
+      is that format's own arithmetic, up to the rounding of the products (else a float64 model whose bias follows
+      the rounding would explain a float32 run of a 1x1 conv of one input channel, or of a conv whose padding
+      leaves each output one or two products, better than the float32 model).
 
     Returns the closer of the two (fewer violations, then fewer outputs off the emulation rounded to the output
     format, then smaller energy), or the one ``after`` names.
     """
     out_p, acc_p = FORMATS[out_fmt].precision, FORMATS[model.accumulation].precision
-    few = (n - 1 if products is None else products) <= 2
-    can_follow = bias is not None and (out_p < acc_p or (out_p == acc_p and (few or model.fallback)))
+    can_follow = bias is not None and (out_p < acc_p or (out_p == acc_p and (
+        model.fallback or (n - 1 if products is None else products()) <= 2)))
     fits = []
     if not (after and can_follow):
         fits.append(fit_model(y, e, exact_emulation, mag, bias, n, model, out_fmt))
@@ -628,13 +629,13 @@ def fit_precisions(
     mag_s = prob.magnitude_for(inputs, spec, sample)
     bias_s = None if inputs.b is None else (inputs.b if sample.full else inputs.b[sample.ch])
     n = spec.n_terms + spec.has_bias
-    products = None if inputs.b is None else prob.most_products(inputs, spec)
     fits = []
     for model in PRECISION_MODELS.values():
         if model.fallback != fallback:
             continue
         e, exact = prob.emulate(inputs, model, spec, sample)
-        fits.append(fit_either_bias_order(ys, e, exact, mag_s, bias_s, n, model, out_fmt, products=products))
+        fits.append(fit_either_bias_order(ys, e, exact, mag_s, bias_s, n, model, out_fmt,
+                                          products=lambda: prob.most_products(inputs, spec)))
     fitting = [f for f in fits if f.fits]
     ruled, tests = (set(), {})
     if len(fitting) > 1:
@@ -698,8 +699,7 @@ def full_fit(
     e, exact = prob.emulate(inputs, model, spec, None)
     mag = prob.magnitude_for(inputs, spec, None)
     return fit_either_bias_order(y, e, exact, mag, inputs.b, spec.n_terms + spec.has_bias, model, out_fmt,
-                                 after=bias_after_rounding,
-                                 products=None if inputs.b is None else prob.most_products(inputs, spec))
+                                 after=bias_after_rounding, products=lambda: prob.most_products(inputs, spec))
 
 
 def choose_precision(requested: str, candidates: list[str]) -> tuple[str | None, str]:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..formats import FORMATS, round_to
+from ..formats import FORMATS, on_grid, round_to
 from ..spec import ConvSpec, resolve_padding
 from .precision import get_precision
 from .tolerance import tolerance_nhwc
@@ -92,7 +92,7 @@ def _fraction_fitting(actual: np.ndarray, alt: _Alt, ctx: dict[str, Any], *, pla
     must reach 0.05/√m of its tolerance (honest rounding sits near 1/√m), else a
     loose model would "explain" any small error. Returns 0.0 when implausible.
     """
-    if actual.shape != alt.spec.output_shape or (alt.output is not None and not _on_grid(actual, alt.output)):
+    if actual.shape != alt.spec.output_shape or (alt.output is not None and not on_grid(actual, alt.output)):
         return 0.0
     if actual.size > _QUICK_REJECT_SIZE and alt.ref is None and _quick_reject(actual, alt, ctx):
         return 0.0
@@ -117,13 +117,6 @@ def _fraction_fitting(actual: np.ndarray, alt: _Alt, ctx: dict[str, Any], *, pla
             if ratio.size == 0 or np.median(ratio) < 0.05 / np.sqrt(m):
                 return 0.0
     return float(np.mean(ok))
-
-
-def _on_grid(actual: np.ndarray, fmt: str) -> bool:
-    """Whether every finite value is representable in ``fmt``: an output rounded to it (and cast up) must be."""
-    fin = actual[np.isfinite(actual)]
-    with np.errstate(over="ignore"):
-        return bool(np.array_equal(round_to(fin, fmt), fin))
 
 
 # ---- hypothesis generators: each yields alternatives for the same inputs -------------------------

@@ -739,10 +739,10 @@ def _loose_bound(mag: np.ndarray, bias: np.ndarray | None, y: np.ndarray, e: np.
     """A bound every non-fallback model satisfies: coarsest input rounding plus float32 accumulation (``fallback``:
     every model, the 16-bit-accumulation ones of the output's format too)."""
     u_in = max(FORMATS[m.input_format].u for m in PRECISION_MODELS.values() if fallback or not m.fallback)
-    u_acc = FORMATS[out_fmt].u if fallback else 2.0**-24
-    g = 2 * u_in + u_in**2 + _gamma(n + 2, u_acc) + _gamma(n + 1, _U64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        b = g * mag + 0.5 * ulp(np.maximum(np.abs(y), np.abs(e)), out_fmt)
+    acc = FORMATS[out_fmt if fallback else "float32"]
+    g = 2 * u_in + u_in**2 + _gamma(n + 2, acc.u) + _gamma(n + 1, _U64)
+    with np.errstate(invalid="ignore", over="ignore"):  # (with the models' underflow slack: never 0, so 0/0 is no NaN)
+        b = g * mag + 0.5 * ulp(np.maximum(np.abs(y), np.abs(e)), out_fmt) + (n + 2) * acc.tiny
         return b if bias is None else b + u_in * np.abs(bias)
 
 
@@ -806,7 +806,9 @@ def _hypotheses_when_nothing_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
         if not fin.any():
             continue
         worst = float(np.max(np.where(fin, ratio, 0.0)))
-        if worst <= 1 and not _nonfinite_violations(ys, e, out_fmt).any():
+        # (with ``fallback``, partial sums in the 16-bit output format may overflow where Σ|x·w| passes its range)
+        overflow = mag >= FORMATS[out_fmt].max_value if fallback else None
+        if worst <= 1 and not _nonfinite_violations(ys, e, out_fmt, overflow).any():
             ranked.append((float(np.sum(np.where(fin, ratio, 0.0) ** 2)), worst, h))
     ranked.sort(key=lambda t: t[0])
     for _, worst, h in ranked[:3]:
@@ -816,20 +818,32 @@ def _hypotheses_when_nothing_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
     return None
 
 
-def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, out_fmt: str, pfit: PrecisionFit):
-    """A semantic difference below a loose precision bound: the regression test against the closest model."""
+def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, out_fmt: str, pfit: PrecisionFit,
+                                  requested: str | None = None):
+    """A semantic difference below a loose precision bound: the regression test against the closest model, and,
+    where only models coarser than the ``requested`` precision fit (a "degraded" run), against the closest model of
+    the requested precision too: a few elements moved by a semantic difference make the requested model fail where
+    a coarser model's bound absorbs them, and that model's noise hides their pattern."""
     sample = prob.sample(y.shape, screening=True)
     ys = sample.take(y)
     # (a 16-bit-accumulation fallback, whose loose bound makes its energy small, only when nothing else survives: its
     # noise would hide a semantic pattern that a float32-accumulation survivor's reveals)
-    best = min([f for f in pfit.survivors if not f.model.fallback] or pfit.survivors, key=lambda f: f.energy)
-    e_best, _ = prob.emulate(seen, best.model, prob.cspec, sample)
-    if best.bias_after_rounding:
-        b_s = _model_bias(seen.b, best.model)
-        e_best = _bias_after_rounding(e_best, b_s if sample.full else b_s[sample.ch], out_fmt)
+    baselines = [min([f for f in pfit.survivors if not f.model.fallback] or pfit.survivors, key=lambda f: f.energy)]
+    if requested is not None and choose_precision(requested, _by_output(pfit, out_fmt))[1] == "degraded":
+        own = [f for f in pfit.fits if f.model.label == requested and not f.model.fallback]
+        if own:
+            baselines.append(min(own, key=lambda f: f.energy))
     mag_s = sample.take(prob.magnitude)
-    sigma = _noise_scale(mag_s, ys, prob.n, FORMATS[best.model.accumulation].u, out_fmt)
     exact_s = sample.take(prob.exact)
+    residuals = []
+    for base in baselines:
+        e_base, _ = prob.emulate(seen, base.model, prob.cspec, sample)
+        if base.bias_after_rounding:
+            b_s = _model_bias(seen.b, base.model)
+            e_base = _bias_after_rounding(e_base, b_s if sample.full else b_s[sample.ch], out_fmt)
+        sigma = _noise_scale(mag_s, ys, prob.n, FORMATS[base.model.accumulation].u, out_fmt)
+        with np.errstate(invalid="ignore"):  # (inf - inf where outputs overflow: NaN, skipped)
+            residuals.append((ys - e_base, sigma))
     hits = []
     for h in _comparable(prob, y):
         e, mag_h = prob.screen(h, sample)
@@ -837,17 +851,26 @@ def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
             d = _beyond_float64_rounding(e - exact_s, e, exact_s, mag_h, h.spec.n_terms + h.spec.has_bias)
             if not np.any(d[np.isfinite(d)]):
                 continue
-            beta, se = projection(ys - e_best, d, sigma)
-        if math.isfinite(beta) and beta > _Z * se and abs(1 - beta) < _EFFECT:
-            hits.append((abs(1 - beta), h))
+            for r, sigma in residuals:
+                beta, se = projection(r, d, sigma)
+                if math.isfinite(beta) and beta > _Z * se and abs(1 - beta) < _EFFECT:
+                    hits.append((abs(1 - beta), h))
+                    break
     hits.sort(key=lambda t: t[0])
-    # (with only 16-bit-accumulation survivors, the pattern is confirmed with them: TensorFlow's float16 depthwise conv
-    # without its bias, whose float16-accumulation model's loose bound took the missing bias for rounding)
+    # With only 16-bit-accumulation survivors, the pattern is confirmed with them (TensorFlow's float16 depthwise conv
+    # without its bias, whose float16-accumulation model's loose bound took the missing bias for rounding). The first
+    # confirmed hypothesis is taken, unless a later one of the three is confirmed at the requested precision where the
+    # first is not (a pads change that moved one column, and a stride change that moved it less: TF32, not float32).
     for fallback in (False, True) if all(f.model.fallback for f in pfit.survivors) else (False,):
+        confirmed = []
         for _, h in hits[:3]:
             res = _confirm(prob, h, y, seen, out_fmt, math.nan, fallback)
             if res.fit.survivors:
-                return res
+                confirmed.append(res)
+                if requested is None or choose_precision(requested, _by_output(res.fit, out_fmt))[1] != "degraded":
+                    return res
+        if confirmed:
+            return confirmed[0]
     return None
 
 
@@ -1019,7 +1042,7 @@ def attribute(
         extra["pairwise_tests"] = pfit.tests
     outliers = None
     if pfit is not None and pfit.survivors:
-        hres = _hypotheses_when_a_model_fits(prob, yc, seen, out_fmt, pfit)
+        hres = _hypotheses_when_a_model_fits(prob, yc, seen, out_fmt, pfit, requested)
         if hres is None:
             precision, verdict = choose_precision(requested, _by_output(pfit, out_fmt))
             fit = pfit.for_label(precision) if precision else None
@@ -1030,11 +1053,11 @@ def attribute(
                 precision, verdict, detail = None, "unexplained", _outlier_detail(outliers, fit, yc, spec, cspec)
     else:
         hres = _hypotheses_when_nothing_fits(prob, yc, seen, out_fmt)
-        if hres is None and shape_ok and out_fmt in ("float16", "bfloat16"):
+        if hres is None and out_fmt in ("float16", "bfloat16"):
             # accumulation in the output's 16-bit format (TensorFlow's CPU depthwise conv in bfloat16); the chosen
             # model's accumulation goes to extra["accumulation"] below
-            fb = fit_precisions(prob, seen, cspec, yc, out_fmt, fallback=True)
-            if fb.survivors:  # (whose loose bound may take a semantic difference for rounding: screened as above)
+            fb = fit_precisions(prob, seen, cspec, yc, out_fmt, fallback=True) if shape_ok else None
+            if fb is not None and fb.survivors:  # (whose loose bound may take a semantic difference for rounding)
                 hres = _hypotheses_when_a_model_fits(prob, yc, seen, out_fmt, fb)
                 if hres is None:
                     pfit = fb
@@ -1068,6 +1091,9 @@ def attribute(
             outliers = bestfit.violations
             extra["precision_elsewhere"] = bestfit.model.label
             detail = _outlier_detail(outliers, bestfit, yc, spec, cspec)
+        elif not np.isfinite(yf).any():
+            detail = (f"output shape {tuple(yf.shape)} differs from the expected {spec.output_shape}, and every output "
+                      f"is ±inf or NaN: no finite value to test the semantic hypotheses of that shape on")
         else:
             detail = (f"output shape {tuple(yf.shape)} differs from the expected {spec.output_shape} and no "
                       f"semantic hypothesis produces it")

@@ -271,7 +271,7 @@ def _precision_statement(fits: list[_Alt], requested: str, x: np.ndarray, w: np.
     first = names[0]
     acc = [n.split()[-1] for n in names if n.startswith("accumulation in")]
     if acc and first.startswith("accumulation"):
-        return (f"consistent with accumulation (or intermediate rounding, e.g. a bias added after rounding) in "
+        return (f"consistent with accumulation (or other intermediate rounding) in "
                 f"{' or '.join(acc)}, not the {get_precision(requested).accumulation} accumulation that "
                 f"precision={requested!r} assumes; pass accumulation={acc[0]!r} if that is intended")
     if first.startswith("inputs") and "tf32" in first:

@@ -17,6 +17,11 @@ For every output element the tolerance on |actual - exact| is the sum of
   and mean zero; not rigorous for structured data such as constant inputs);
 * **output rounding**: u_out·(|exact| + the two terms above), plus half the
   smallest subnormal of the output format (gradual underflow);
+* **a bias added after the output rounding**: with a bias and an output format
+  narrower than the accumulation's, the conv may be rounded to the output format
+  before the bias is added by a separate op in that format (jax's ``conv + b``,
+  TensorFlow's ``bias_add``): one more rounding, u_out·(|exact - b| + the terms
+  above), as attribution's models of a narrower output allow;
 * **underflow in the accumulator**: (2m + 1)·(smallest normal of the accumulation
   format), so flush-to-zero arithmetic (CPU FTZ/DAZ) is accepted;
 * **reference slack**: 2^-52·(|exact| + tol) for the float64 rounding of the
@@ -210,6 +215,9 @@ def tolerance_nhwc(
         underflow = (2 * m + 1) * acc.min_normal
         inner = input_term + bias_delta + acc_term + underflow
         abs_exact = _finite_abs(exact_nhwc)
+        bias_after = b is not None and fout.precision < acc.precision
+        if bias_after:  # (the conv rounded to the output format, then the bias added: exact - b rounded once more)
+            inner = inner + fout.u * (_finite_abs(exact_nhwc - b) + inner) + 0.5 * fout.tiny
         out_term = fout.u * (abs_exact + inner) + 0.5 * fout.tiny
         tol = inner + out_term
         tol = tol + 2.0**-52 * (abs_exact + tol)
@@ -224,6 +232,7 @@ def tolerance_nhwc(
         f"{bound} accumulation bound in {acc.name} (u=2^{-acc.precision}, "
         f"m={m} terms{' incl. bias' if b is not None else ''}, "
         f"gamma={gamma:.3g}), output rounded to {fout.name}"
+        f"{' (the bias possibly added after that rounding)' if bias_after else ''}"
     )
     return Tolerance(
         spec=spec,

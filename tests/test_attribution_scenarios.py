@@ -288,6 +288,18 @@ def test_an_output_of_another_shape_that_is_all_inf_says_so():
     assert a.verdict == "unexplained" and "every output is ±inf or NaN" in a.mismatch_detail, a.mismatch_detail
 
 
+def test_an_all_inf_output_where_the_conv_is_partly_finite_says_so():
+    """Every output ±inf where the conv as asked overflows float16 in one channel only: the other channel's elements
+    are outliers, and the detail does not call the overflowed ones "consistent with" a precision."""
+    x = np.full((1, 4, 4, 1), 300.0)
+    w = np.stack([np.full((2, 2, 1), 300.0), np.full((2, 2, 1), 1e-3)], axis=-1)
+    y = np.full((1, 3, 3, 2), np.inf, dtype=np.float16)
+    a = attribute(y, x, w, None, dtype="float16")
+    assert a.verdict == "unexplained", a.verdict
+    assert "9 of 18 elements" in a.mismatch_detail and "every output is ±inf or NaN" in a.mismatch_detail, (
+        a.mismatch_detail)
+
+
 def test_a_mismatch_is_found_where_some_outputs_have_no_terms():
     """A float64 conv that flipped its kernel, where one output channel's weights are all zero (outputs exactly 0,
     Σ|x·w| = 0; all-zero windows of ReLU-like or sparse data do the same). The hypotheses' screen divided |y - e| = 0

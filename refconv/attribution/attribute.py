@@ -1168,10 +1168,12 @@ def _outlier_detail(viol: np.ndarray, fit: ModelFit, yc: np.ndarray, spec: ConvS
     wpos = _positions(np.array([worst]), spec, viol.shape)[0]
     frac = k / viol.size
     loc = f" (all in {', '.join(where)})" if where and k > 1 else ""
+    others = (f"consistent with {fit.model.label}" if np.isfinite(yc[~viol]).any() else
+              "±inf or NaN where the conv as asked overflows too (every output is ±inf or NaN: no finite value to "
+              "tell a model or a semantic difference by)")
     return (
         f"{k} of {viol.size} elements ({frac:.2%}) exceed every model's bound{loc}; the worst, at {tuple(wpos)}, "
-        f"is {float(ratio.ravel()[worst]):.3g}x the {fit.model.label} bound; the other elements are consistent "
-        f"with {fit.model.label}"
+        f"is {float(ratio.ravel()[worst]):.3g}x the {fit.model.label} bound; the other elements are {others}"
         if k < viol.size else
         f"all elements exceed every model's bound; the worst, at {tuple(wpos)}, is "
         f"{float(ratio.ravel()[worst]):.3g}x the {fit.model.label} bound"

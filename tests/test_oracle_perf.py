@@ -417,6 +417,38 @@ def test_blas_limit_is_scoped():
     assert blas_threads() == before, "overlapping limits must not leave BLAS single-threaded"
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity is a Linux call")
+def test_a_run_pins_its_workers_to_cpus_of_their_own_and_restores_them(monkeypatch):
+    """As many workers as CPUs: while a graph runs, worker i runs on the i-th CPU only (the caller is worker 0);
+    afterwards every thread has its CPU set back. Not pinned with REFCONV_PIN_THREADS=0, with fewer workers than
+    CPUs, or while another run holds the pins."""
+    import threading
+
+    allowed = os.sched_getaffinity(0)
+    n = len(allowed)
+    if n < 2:
+        pytest.skip("one CPU: a single worker, nothing to pin")
+
+    def run(workers: int) -> list:
+        seen, together = [], threading.Barrier(workers, timeout=60)  # (each worker takes one item)
+        graph = exact_mod._TaskGraph()
+        for i in range(workers):
+            graph.add(i, lambda slot, ws: seen.append((slot, os.sched_getaffinity(0))) or together.wait())
+        graph.run(workers)
+        assert os.sched_getaffinity(0) == allowed, "the caller's CPU set is restored"
+        return sorted(seen)
+
+    pinned = run(n)
+    assert [a for _, a in pinned] == [{c} for c in sorted(allowed)], pinned
+    monkeypatch.setenv("REFCONV_PIN_THREADS", "0")
+    assert all(a == allowed for _, a in run(n)), "REFCONV_PIN_THREADS=0 leaves the CPU sets alone"
+    monkeypatch.delenv("REFCONV_PIN_THREADS")
+    assert all(a == allowed for _, a in run(n - 1)), "fewer workers than CPUs: unpinned"
+    with exact_mod._pin_guard:  # (another run is pinned: this one leaves the scheduler to place its workers)
+        assert all(a == allowed for _, a in run(n)), "one run at a time pins"
+    assert [a for _, a in run(n)] == [{c} for c in sorted(allowed)], "the helpers' CPU sets were restored and re-pinned"
+
+
 def test_scratch_arenas_are_reused_and_capped(monkeypatch):
     from refconv.oracle import _scratch
 

@@ -53,7 +53,9 @@ a K-chunk at a time just before that chunk's level 1 (so that its digits are rea
 cache), and its level 1 dealt out by (column block, K-chunk). For more workers
 the plan cuts tiles and blocks no smaller than 128 rows and 128 channels, and uses no
 more workers than tiles, or than two per block of a shared row tile (:func:`_gemm_plan`).
-The chunk buffers and tile arrays are reused across calls (:mod:`refconv.oracle._scratch`).
+Where the workers are as many as the CPUs the caller may run on, each is pinned to one of them for the call
+(:func:`_worker_cpus`; ``REFCONV_PIN_THREADS=0`` turns that off). The chunk buffers and tile arrays are reused across
+calls (:mod:`refconv.oracle._scratch`).
 
 **Direct path** (depthwise and other convs with < 16 output channels per group
 or < 16 terms): the vectorized Numba Dot2 kernel of the "kahan" method gives
@@ -711,20 +713,27 @@ class _TaskGraph:
     def run(self, workers: int) -> None:
         """Run the items on the calling thread and ``workers - 1`` helper threads (the caller starts at once,
         whatever the helpers' wake-up takes); returns, or raises the first error, once every worker has
-        finished, so that none still uses the caller's buffers."""
-        helpers = [_worker_pool(workers - 1).submit(self._work, slot) for slot in range(1, workers)]
+        finished, so that none still uses the caller's buffers. The workers are pinned to CPUs of their own
+        while they run (:func:`_worker_cpus`)."""
+        pinning = workers > 1 and _pin_guard.acquire(blocking=False)  # (one run at a time pins its workers)
         try:
-            self._work(0)
+            cpus = _worker_cpus(workers) if pinning else None
+            helpers = [_worker_pool(workers - 1).submit(self._work, slot, cpus) for slot in range(1, workers)]
+            try:
+                self._work(0, cpus)
+            finally:
+                concurrent.futures.wait(helpers)
         finally:
-            concurrent.futures.wait(helpers)
+            if pinning:
+                _pin_guard.release()
         for helper in helpers:
             helper.result()
 
-    def _work(self, slot: int) -> None:
+    def _work(self, slot: int, cpus: list[int] | None = None) -> None:
         import numba
 
         numba.set_num_threads(1)
-        with _scratch.arena("worker") as ws:
+        with _scratch.arena("worker") as ws, _pinned_to(None if cpus is None else cpus[slot]):
             while not self.stopped:
                 with self._lock:
                     if self._next == len(self._items):
@@ -741,6 +750,54 @@ class _TaskGraph:
                     raise
                 finally:
                     self._done[key].set()
+
+
+_pin_guard = threading.Lock()  # held by the run whose workers are pinned
+
+
+def _worker_cpus(workers: int) -> list[int] | None:
+    """The CPUs a run's workers are pinned to (worker i to the i-th), or None to leave them to the scheduler.
+
+    Pinned only where the workers are as many as the CPUs this thread may run on (numba's default thread count
+    on an unrestricted process): each then has a CPU of its own, and pinning takes none from anyone else. Unpinned,
+    the workers sleep and wake many times per call (the GIL around every kernel and GEMM, the graph's waits), and
+    Linux often wakes a thread onto the CPU of the thread that woke it, where it waits, queued behind a running
+    worker, until the load balancer moves it: on the 2-vCPU benchmark VM a seed call lost ≈ 17 ms of its threads'
+    time per call (7.5 stalls of ≈ 2.5 ms) that way, 1.3 stalls pinned, and its median time fell by 11-16 %
+    (benchmarks/RESULTS.md, stop 20). Never on platforms without ``os.sched_setaffinity`` or where the
+    environment variable ``REFCONV_PIN_THREADS`` is ``0``.
+
+    >>> import os
+    >>> cpus = _worker_cpus(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else None
+    >>> cpus is None or cpus == sorted(os.sched_getaffinity(0))
+    True
+    """
+    if os.environ.get("REFCONV_PIN_THREADS", "1").strip() == "0" or not hasattr(os, "sched_setaffinity"):
+        return None
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except OSError:
+        return None
+    return cpus if len(cpus) == workers else None
+
+
+@contextlib.contextmanager
+def _pinned_to(cpu: int | None) -> Iterator[None]:
+    """Inside the block the calling thread runs on ``cpu`` only (None: unchanged); its CPU set is restored after.
+    (On Linux ``os.sched_setaffinity(0, ...)`` sets the calling thread's, not the process's.) Where the system
+    refuses, the thread runs unpinned."""
+    try:
+        before = None if cpu is None else os.sched_getaffinity(0)
+        if before is not None:
+            os.sched_setaffinity(0, {cpu})
+    except OSError:
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, before)
 
 
 def _merge_level1(kern, parts: list, row_st: np.ndarray, k: int, beta: int, ref=None) -> tuple | None:

@@ -692,7 +692,7 @@ class _TaskGraph:
 
     def __init__(self) -> None:
         self._items: list = []
-        self._done: dict = {}
+        self._done: dict = {}  # per item a lock, held until the item ends (made in ≈ 0.2 µs; a threading.Event, 10)
         self._lock = threading.Lock()
         self._next = 0
         self.stopped = False
@@ -700,7 +700,8 @@ class _TaskGraph:
     def add(self, key, fn, deps=()) -> None:
         if key in self._done:
             raise ValueError(f"task graph: the key {key!r} is taken (an item's completion would release another's)")
-        self._done[key] = threading.Event()
+        self._done[key] = done = threading.Lock()
+        done.acquire()
         self._items.append((key, fn, [self._done[d] for d in deps]))
 
     def stop(self) -> None:
@@ -708,7 +709,7 @@ class _TaskGraph:
 
     def wait(self, key) -> None:
         """Inside an item: wait for the item ``key``, added before this one (so already taken by a worker)."""
-        self._done[key].wait()
+        _wait_for(self._done[key])
 
     def run(self, workers: int) -> None:
         """Run the items on the calling thread and ``workers - 1`` helper threads (the caller starts at once,
@@ -742,14 +743,20 @@ class _TaskGraph:
                     self._next += 1
                 try:
                     for done in deps:
-                        done.wait()
+                        _wait_for(done)
                     if not self.stopped:
                         fn(slot, ws)
                 except BaseException:
                     self.stopped = True
                     raise
                 finally:
-                    self._done[key].set()
+                    self._done[key].release()
+
+
+def _wait_for(done: threading.Lock) -> None:
+    """Wait until the item whose lock ``done`` is ends (and let the next waiter through)."""
+    done.acquire()
+    done.release()
 
 
 _pin_guard = threading.Lock()  # held by the run whose workers are pinned

@@ -769,9 +769,10 @@ def _worker_cpus(workers: int) -> list[int] | None:
     on an unrestricted process): each then has a CPU of its own, and pinning takes none from anyone else. Unpinned,
     the workers sleep and wake many times per call (the GIL around every kernel and GEMM, the graph's waits), and
     Linux often wakes a thread onto the CPU of the thread that woke it, where it waits, queued behind a running
-    worker, until the load balancer moves it: on the 2-vCPU benchmark VM a seed call lost ≈ 17 ms of its threads'
-    time per call (7.5 stalls of ≈ 2.5 ms) that way, 1.3 stalls pinned, and its median time fell by 11-16 %
-    (benchmarks/RESULTS.md, stop 20). Never on platforms without ``os.sched_setaffinity`` or where the
+    worker, until the load balancer moves it: on the 2-vCPU benchmark VM the seed call's two threads stalled 7-8
+    times per call for ≈ 2.5 ms each that way (1.6 and 0.9 migrations per call), and 1.5-3 times pinned (no
+    migration); its median time fell by 11-16 % (interleaved rounds), the longer benchmark shapes' moved by at most
+    ± 4 % (benchmarks/RESULTS.md, "Stop 20"). Never on platforms without ``os.sched_setaffinity`` or where the
     environment variable ``REFCONV_PIN_THREADS`` is ``0``.
 
     >>> import os

@@ -428,6 +428,7 @@ def test_a_run_pins_its_workers_to_cpus_of_their_own_and_restores_them(monkeypat
     n = len(allowed)
     if n < 2:
         pytest.skip("one CPU: a single worker, nothing to pin")
+    monkeypatch.delenv("REFCONV_PIN_THREADS", raising=False)
 
     def run(workers: int) -> list:
         seen, together = [], threading.Barrier(workers, timeout=60)  # (each worker takes one item)

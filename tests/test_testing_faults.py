@@ -173,3 +173,25 @@ def test_float16_sums_are_diagnosed_as_float16_accumulation_not_a_bfloat16_outpu
         diagnosis = next(line for line in c.message.splitlines() if line.startswith("Diagnosis"))
         assert not c.passed and "accumulation='float16'" in diagnosis and "bfloat16" not in diagnosis, diagnosis
         assert compare_conv2d(y, x, w, b, groups=6, precision="float16", accumulation="float16").passed, seed
+
+
+@pytest.mark.parametrize("precision, dtype", [("float32", np.float32), ("float16", np.float16)])
+@pytest.mark.parametrize("seed", range(3))
+def test_one_element_barely_over_is_corrupted_only_where_it_stands_out(precision, dtype, seed):
+    """One element at 1.5x its tolerance: "corrupted" where every other element is exact (it stands out), but the
+    worst of errors that all come near the bound ("arithmetic", naming the next worst element's share) where every
+    other element errs by 0.6x its own (a 16-bit sum, say, whose worst element just crosses the bound)."""
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((1, 8, 8, 4)).astype(dtype), rng.standard_normal((3, 3, 4, 5)).astype(dtype)
+    t = conv2d_tolerance(x, w, padding="SAME", precision=precision)
+    signs = np.where(rng.random(t.exact.shape) < 0.5, -1.0, 1.0)
+    idx = (0, 3, 4, 2)
+    for level, kind in ((0.0, "corrupted"), (0.6, "arithmetic")):
+        y = t.exact + signs * level * t.tol
+        y[idx] = t.exact[idx] + 1.5 * t.tol[idx]
+        c = compare_conv2d(y, x, w, padding="SAME", precision=precision)
+        assert not c.passed and c.n_fail == 1, c.message
+        assert [f.kind for f in c.findings] == [kind], c.message
+        assert "(0, 3, 4, 2)" in c.findings[0].statement
+        if kind == "arithmetic":
+            assert "next worst element reaches 0.6 of its own" in c.findings[0].statement, c.findings[0].statement

@@ -6,8 +6,9 @@ cheap float64 im2col conv and asks whether the actual output fits *that*
 reference within the same error model. The first structural hypothesis that
 explains every element wins; precision hypotheses are all reported, since TF32
 and float16 rounding are often indistinguishable. Failing that, a handful of
-bad elements is reported as corruption, and widespread excess error as
-arithmetic that is less accurate than the claimed precision.
+bad elements is reported as corruption (a single element only slightly over its
+tolerance only where it stands out from the others' errors), and widespread excess
+error as arithmetic that is less accurate than the claimed precision.
 
 The hypothesis families are registered in :data:`HYPOTHESES` (the single source
 of truth for what the diagnosis can name).
@@ -296,17 +297,29 @@ def _corruption(failing: np.ndarray | None, excess: np.ndarray | None = None,
 
     At most max(1, 1%) of the elements may fail, and (when ``excess`` = error/tolerance
     is given) each by at least :data:`CORRUPTION_MIN_EXCESS`: a value written wrong,
-    not rounding slightly beyond the model.
+    not rounding slightly beyond the model. With ``single_only`` (the last resort, after the
+    precision hypotheses) one failing element, however slightly: corrupted if it stands out
+    (its excess at least that factor times the next worst element's), else the worst of errors
+    that all come near the bound ("arithmetic"), which the finding then says.
     """
     if failing is None or not failing.any():
         return None
     nfail, size = int(failing.sum()), failing.size
     if nfail > max(1, size // 100) or nfail == size or (single_only and (nfail > 1 or size < 4)):
         return None
-    if excess is not None and not np.all(np.nan_to_num(excess[failing], nan=np.inf) >= CORRUPTION_MIN_EXCESS):
-        return None
     perm = (0, 1, 2, 3) if data_format == "NHWC" else (0, 3, 1, 2)
     idx = [tuple(int(p[k]) for k in perm) for p in np.argwhere(failing)[:5]]
+    least = np.inf if excess is None else float(np.nan_to_num(excess[failing], nan=np.inf).min())
+    if least < CORRUPTION_MIN_EXCESS:
+        if not single_only:
+            return None
+        rest = float(np.nan_to_num(excess[~failing], nan=0.0).max(initial=0.0))
+        if least < CORRUPTION_MIN_EXCESS * rest:
+            return Finding("arithmetic", f"a single element, at {data_format} index {idx[0]}, exceeds its tolerance, "
+                           f"by a factor of {least:.3g}, and the next worst element reaches {rest:.2g} of its own: "
+                           "the worst of errors that all come near the bound, not an isolated wrong value; "
+                           "rounding slightly beyond the claimed precision's bound (another summation order or a "
+                           "lower intermediate precision)", 1 - 1 / size)
     if nfail == 1:
         return Finding("corrupted", f"single corrupted element at {data_format} index {idx[0]}; every other element "
                        "is within tolerance", 1 - 1 / size)
@@ -364,7 +377,7 @@ def diagnose(
     fits = [a for a in alts if not _is_tight(a) and _fraction_fitting(actual_nhwc, a, ctx, plausible=True) == 1.0]
     if fits:
         return [Finding("precision", _precision_statement(fits, precision, x, w))]
-    corrupted = _corruption(failing, None, data_format, single_only=True)  # one bad element, however slightly
+    corrupted = _corruption(failing, excess, data_format, single_only=True)  # one bad element, however slightly
     if corrupted is not None:
         return [corrupted]
     if failing is not None and failing.any():

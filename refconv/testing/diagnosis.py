@@ -377,9 +377,9 @@ def diagnose(
     fits = [a for a in alts if not _is_tight(a) and _fraction_fitting(actual_nhwc, a, ctx, plausible=True) == 1.0]
     if fits:
         return [Finding("precision", _precision_statement(fits, precision, x, w))]
-    corrupted = _corruption(failing, excess, data_format, single_only=True)  # one bad element, however slightly
-    if corrupted is not None:
-        return [corrupted]
+    single = _corruption(failing, excess, data_format, single_only=True)  # one bad element, however slightly
+    if single is not None:
+        return [single]
     if failing is not None and failing.any():
         nfail, size = int(failing.sum()), failing.size
         return [Finding(

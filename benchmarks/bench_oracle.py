@@ -246,8 +246,12 @@ def machine() -> str:
         pass
     import numba
 
+    from refconv.oracle.exact import _worker_cpus
+
+    pinned = _worker_cpus(numba.get_num_threads()) is not None
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}, "
-            f"numba {numba.__version__}, NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}")
+            f"numba {numba.__version__}, NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}, "
+            f"GEMM workers {'pinned' if pinned else 'not pinned'} (REFCONV_PIN_THREADS)")
 
 
 def main(argv: list[str] | None = None) -> int:

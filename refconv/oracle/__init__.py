@@ -12,6 +12,11 @@ Methods (the registry :data:`METHODS` is the single source of truth):
 * ``"mpmath"``: exact mpmath products and sums rounded once, at ``dps`` digits or
   to float64; can evaluate selected positions only (:func:`conv2d_points`).
 
+Threads: "exact" and "kahan" run on up to ``numba.get_num_threads()`` threads (BLAS single-threaded in each), in
+at most ``workspace_bytes`` of scratch memory. Where those threads are as many as the CPUs the process may run on,
+each is pinned to one CPU for the call and released after it (on Linux; set the environment variable
+``REFCONV_PIN_THREADS=0`` to leave them to the scheduler). The results do not depend on the thread count.
+
 ``import refconv.oracle`` imports numpy only; numba and mpmath load on first use.
 """
 

@@ -668,7 +668,7 @@ def _with_16bit_accumulation(
     TensorFlow's CPU depthwise conv in float16 accumulates in float16: the models of float16 inputs with float32
     accumulation miss narrowly, and a bfloat16 model, whose bound is eight times looser, may fit by chance. A run
     that did see bfloat16 inputs follows their rounding's pattern, within float32 accumulation's small noise."""
-    if choose_precision(requested, _by_output(pfit, out_fmt))[1] != "degraded":
+    if not _degraded(requested, pfit, out_fmt):
         return pfit
     fb = fit_precisions(prob, inputs, spec, y, out_fmt, fallback=True)
     own = next((f for f in fb.fits if f.fits and f.model.label == requested), None)
@@ -829,7 +829,7 @@ def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
     # (a 16-bit-accumulation fallback, whose loose bound makes its energy small, only when nothing else survives: its
     # noise would hide a semantic pattern that a float32-accumulation survivor's reveals)
     baselines = [min([f for f in pfit.survivors if not f.model.fallback] or pfit.survivors, key=lambda f: f.energy)]
-    if requested is not None and choose_precision(requested, _by_output(pfit, out_fmt))[1] == "degraded":
+    if requested is not None and _degraded(requested, pfit, out_fmt):
         own = [f for f in pfit.fits if f.model.label == requested and not f.model.fallback]
         if own:
             baselines.append(min(own, key=lambda f: f.energy))
@@ -867,7 +867,7 @@ def _hypotheses_when_a_model_fits(prob: Problem, y: np.ndarray, seen: _Inputs, o
             res = _confirm(prob, h, y, seen, out_fmt, math.nan, fallback)
             if res.fit.survivors:
                 confirmed.append(res)
-                if requested is None or choose_precision(requested, _by_output(res.fit, out_fmt))[1] != "degraded":
+                if requested is None or not _degraded(requested, res.fit, out_fmt):
                     return res
         if confirmed:
             return confirmed[0]
@@ -1113,6 +1113,11 @@ def _canonical_y(yf: np.ndarray, spec: ConvSpec) -> np.ndarray:
     if yf.ndim != 4:
         raise ShapeError(f"y.shape={yf.shape}: expected a 4-D output in {spec.data_format} layout")
     return np.ascontiguousarray(spec.y_to_nhwc(yf))
+
+
+def _degraded(requested: str, fit: PrecisionFit, out_fmt: str) -> bool:
+    """Whether ``fit`` would call a run that asked for ``requested`` "degraded" (only coarser models fit)."""
+    return choose_precision(requested, _by_output(fit, out_fmt))[1] == "degraded"
 
 
 def _by_output(fit: PrecisionFit, out_fmt: str) -> list[str]:
